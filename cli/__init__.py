@@ -1,0 +1,1 @@
+"""The click front end of siamese-index: parse, call the library, print."""

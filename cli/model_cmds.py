@@ -1,0 +1,202 @@
+"""Commands that make and measure towers: train, evaluate, embed."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .output import emit_json, fmt, handle_errors, progress_line, quiet_tensorflow, warn
+
+
+def _parse_size(value: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected HEIGHTxWIDTH, e.g. 64x52") from None
+    return h, w
+
+
+def _parse_crop(value: str | None):
+    if not value:
+        return None
+    try:
+        box = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4 or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
+        raise click.BadParameter(f"{value!r}: expected left,top,right,bottom fractions in [0, 1]")
+    return box
+
+
+def _load_progress(done: int, total: int) -> None:
+    progress_line(f"loading images {done}/{total}")
+
+
+@click.command()
+@click.argument("data_dir", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
+@click.option("--arch", default="facenet-s", show_default=True,
+              type=click.Choice(["dense", "seed-conv", "seed-gap", "facenet-s"]), help="Tower architecture.")
+@click.option("--epochs", default=10, show_default=True, type=click.IntRange(1))
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for the split, pairs and weights.")
+@click.option("--margin", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Contrastive loss margin.")
+@click.option("--mode", default="batch", show_default=True, type=click.Choice(["batch", "pairs"]),
+              help="batch: all pairs inside identity batches (hard impostors weigh most); pairs: fixed pairs as the seeds do.")
+@click.option("--val-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 0.9, min_open=True),
+              help="Share of identities held out (never trained on) to calibrate the threshold.")
+@click.option("--size", default="64x52", show_default=True, help="Input HEIGHTxWIDTH for images.")
+@click.option("--channels", default=1, show_default=True, type=click.Choice(["1", "3"]), help="1 = grayscale, 3 = RGB.")
+@click.option("--crop", default=None, help="Fractional box left,top,right,bottom cut before resizing (e.g. LFW's centre).")
+@click.option("--face-crop/--no-face-crop", default=False, show_default=True, help="Detect and crop the largest face at enrollment and lookup.")
+@click.option("--augment", default=None, type=click.Choice(["faces", "symbols", "none"]), help="Training augmentation (default: faces for images).")
+@click.option("--embedding-dim", default=None, type=click.IntRange(2), help="Embedding size (default: the architecture's).")
+@click.option("--lr", "learning_rate", default=1e-3, show_default=True, type=float)
+@click.option("--batch-identities", default=16, show_default=True, type=click.IntRange(2), help="Identities per batch (batch mode).")
+@click.option("--images-per-identity", default=4, show_default=True, type=click.IntRange(2), help="Images per identity per batch (batch mode).")
+@click.option("--pairs-per-epoch", default=4000, show_default=True, type=click.IntRange(64), help="Pairs per epoch (pairs mode).")
+@click.option("--steps-per-epoch", default=None, type=click.IntRange(1), help="Batches per epoch (default: one pass over the images).")
+@click.option("--identities", "include", multiple=True, help="Only identities matching this shell pattern (repeatable).")
+@click.option("--exclude", multiple=True, help="Leave out identities matching this shell pattern (repeatable).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the written config as JSON.")
+@handle_errors
+def train(data_dir, out, arch, epochs, seed, margin, mode, val_fraction, size, channels, crop, face_crop, augment,
+          embedding_dim, learning_rate, batch_identities, images_per_identity, pairs_per_epoch, steps_per_epoch,
+          include, exclude, overwrite, as_json):
+    """Train a tower on DATA_DIR (a folder of identities, or an .npz with X and y).
+
+    The threshold is calibrated on identities held out of training, so it reflects people
+    the tower has never seen.
+    """
+    quiet_tensorflow()
+    from siamese_index.datasets import load_dataset
+    from siamese_index.images import Preprocessing
+    from siamese_index.training import TrainOptions
+    from siamese_index.training import train as run_train
+
+    h, w = _parse_size(size)
+    prep = Preprocessing(h, w, int(channels), _parse_crop(crop), face_crop)
+    data = load_dataset(data_dir, prep, progress=_load_progress, include=include, exclude=exclude)
+    for path, reason in data.skipped:
+        warn(f"skipped {path}: {reason}")
+    is_images = data.x.ndim == 4
+    if not is_images and arch != "dense":
+        raise click.UsageError(f"{data_dir} holds vectors; only --arch dense fits them")
+    options = TrainOptions(
+        arch=arch, epochs=epochs, seed=seed, margin=margin, embedding_dim=embedding_dim, val_fraction=val_fraction,
+        mode=mode, identities_per_batch=batch_identities, images_per_identity=images_per_identity,
+        pairs_per_epoch=pairs_per_epoch, learning_rate=learning_rate,
+        augmentation=(augment or "faces") if is_images else "none", steps_per_epoch=steps_per_epoch,
+    )
+    progress_line(f"training {arch} on {len(data)} rows of {data.n_identities} identities ({mode} mode)")
+
+    def on_epoch(r):
+        progress_line(f"epoch {r.epoch}/{r.epochs}  loss {r.loss:.4f}  val_loss {r.val_loss:.4f}  val_auc {r.val_auc:.4f}  {r.seconds:.0f}s")
+
+    config = run_train(data, out, options, prep if is_images else None, progress=on_epoch,
+                       source=str(data_dir), overwrite=overwrite)
+    if as_json:
+        click.echo(config.to_json())
+        return
+    v = config.metrics["validation"]
+    click.echo(f"wrote {out} (model id {config.model_id})")
+    click.echo(f"threshold {config.threshold:.4f}: {config.threshold_method}")
+    click.echo(f"validation: accuracy {fmt(v['accuracy'])}  AUC {fmt(v['auc'])}  EER {fmt(v['eer'])}  TAR@FAR1% {fmt(v['tar_at_far_1pct'])}")
+
+
+@click.command()
+@click.argument("data_dir", required=False, type=click.Path(exists=True, path_type=Path))
+@click.option("--model", default=None, help="Model directory or name under models/ (default: the shipped face tower).")
+@click.option("--pairs", "pairs_file", type=click.Path(exists=True, path_type=Path), help="Verify these pairs (CSV image_a,image_b,label or LFW pairs.txt) instead of sampled ones.")
+@click.option("--pairs-root", type=click.Path(exists=True, path_type=Path), help="Image folder for an LFW pairs.txt (default: DATA_DIR).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for sampled pairs and N-way tasks.")
+@click.option("--cap", default=20, show_default=True, type=click.IntRange(1), help="At most this many genuine pairs per identity.")
+@click.option("--n-way", default=None, type=click.IntRange(2), help="Also run N-way one-shot tasks within each group.")
+@click.option("--tasks", default=400, show_default=True, type=click.IntRange(1), help="Number of N-way tasks.")
+@click.option("--identities", "include", multiple=True, help="Only identities matching this shell pattern (repeatable).")
+@click.option("--exclude", multiple=True, help="Leave out identities matching this shell pattern (repeatable).")
+@click.option("--plot", type=click.Path(path_type=Path), help="Write a PNG with the ROC curve and distance histograms.")
+@click.option("--pairs-figure", type=click.Path(path_type=Path), help="Write a PNG grid of sample pairs with their distances.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def evaluate(data_dir, model, pairs_file, pairs_root, seed, cap, n_way, tasks, include, exclude, plot, pairs_figure, as_json):
+    """Measure a tower on DATA_DIR: verification, one-shot rank-1/5 and optional N-way."""
+    if data_dir is None and pairs_file is None:
+        raise click.UsageError("give DATA_DIR, --pairs FILE, or both")
+    quiet_tensorflow()
+    from siamese_index.config import resolve_model_dir
+    from siamese_index.datasets import load_dataset
+    from siamese_index.embedder import KerasEmbedder
+    from siamese_index.pairs import read_pairs_file
+    from siamese_index.training import evaluate as run_evaluate
+
+    embedder = KerasEmbedder(resolve_model_dir(model))
+    data = None
+    if data_dir is not None:
+        data = load_dataset(data_dir, embedder.preprocessing, progress=_load_progress, include=include, exclude=exclude)
+    rows = None
+    if pairs_file is not None:
+        rows = read_pairs_file(pairs_file, pairs_root or data_dir)
+    report = run_evaluate(embedder, data, seed=seed, cap_per_identity=cap, pair_rows=rows, n_way=n_way, tasks=tasks)
+    report["model"] = str(embedder.model_dir)
+    if plot and "_pairs" in report:
+        from siamese_index.plots import roc_and_histograms
+
+        roc_and_histograms(*report["_pairs"], embedder.threshold, plot)
+    if pairs_figure and data is not None and "_pair_index" in report:
+        from siamese_index.plots import pairs_grid
+
+        a, b = report["_pair_index"]
+        d, y = report["_pairs"]
+        pairs_grid(data.x, a, b, d, y, embedder.threshold, pairs_figure)
+    if as_json:
+        emit_json(report)
+        return
+    for item in report.get("skipped", []):
+        warn(f"skipped {item['path']}: {item['reason']}")
+    v = report.get("verification")
+    click.echo(f"model {report['model']} ({report['model_id']}), threshold {fmt(report['threshold'], 4)}")
+    if v:
+        click.echo(f"verification on {v['pairs']} {v['source']}:")
+        click.echo(f"  accuracy at the model's threshold  {fmt(v['accuracy'])}")
+        click.echo(f"  best accuracy over all thresholds  {fmt(v['best_accuracy'])}  (optimistic: threshold {fmt(v['best_threshold'], 4)} chosen on these pairs)")
+        click.echo(f"  ROC AUC {fmt(v['auc'])}   EER {fmt(v['eer'])}   TAR at 1% FAR {fmt(v['tar_at_far_1pct'])}")
+    o = report.get("one_shot")
+    if o:
+        click.echo(f"one-shot identification: {o['identities']} enrolled (first image each), {o['probes']} probes")
+        click.echo(f"  rank-1 {fmt(o['rank1'])}   rank-5 {fmt(o['rank5'])}")
+    nw = report.get("n_way")
+    if nw:
+        click.echo(f"{nw['n_way']}-way one-shot over {nw['tasks']} tasks: accuracy {fmt(nw['accuracy'])}")
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", default=None, help="Model directory or name under models/ (default: the shipped face tower).")
+@click.option("--out", type=click.Path(path_type=Path), help="Write an (n, dim) float32 .npy here instead of JSON lines on stdout.")
+@handle_errors
+def embed(files, model, out):
+    """Print the embeddings of FILES (JSON lines), or save them as .npy with --out."""
+    quiet_tensorflow()
+    import numpy as np
+
+    from siamese_index.config import resolve_model_dir
+    from siamese_index.embedder import KerasEmbedder
+
+    embedder = KerasEmbedder(resolve_model_dir(model))
+    vecs, ok, failed = embedder.embed_files(files)
+    for path, reason in failed:
+        warn(f"skipped {path}: {reason}")
+    if out:
+        np.save(out, vecs)
+        click.echo(f"wrote {len(ok)} embeddings of size {embedder.dim} to {out}", err=True)
+    else:
+        for path, v in zip(ok, vecs):
+            sys.stdout.write(json.dumps({"path": path, "model_id": embedder.model_id, "embedding": [round(float(x), 6) for x in v]}) + "\n")
+    if failed and not ok:
+        raise click.ClickException("no file could be embedded")
+
+
+COMMANDS = [train, evaluate, embed]

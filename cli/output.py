@@ -1,0 +1,63 @@
+"""Shared helpers for commands: error translation, JSON output, quiet TensorFlow."""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import sys
+
+import click
+
+
+def quiet_tensorflow() -> None:
+    """TensorFlow's C++ start-up chatter is noise for a command-line user."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def handle_errors(fn):
+    """Turn library errors into a one-line message and exit status 1 (never a traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from siamese_index.errors import SiameseIndexError
+
+        try:
+            return fn(*args, **kwargs)
+        except SiameseIndexError as e:
+            raise click.ClickException(str(e)) from e
+
+    return wrapper
+
+
+def _clean(obj):
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items() if not str(k).startswith("_")}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return obj.item()
+    return obj
+
+
+def emit_json(obj) -> None:
+    click.echo(json.dumps(_clean(obj), indent=2, ensure_ascii=False))
+
+
+def warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+def fmt(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def progress_line(message: str) -> None:
+    """Progress goes to stderr so --json output on stdout stays parseable."""
+    click.echo(message, err=True)
+    sys.stderr.flush()

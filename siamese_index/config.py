@@ -1,0 +1,28 @@
+"""Settings resolved in one place: argument > environment variable > default."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MODELS_DIR = PROJECT_ROOT / "models"
+DEFAULT_MODEL_NAME = "faces-v1"
+
+
+def default_home() -> Path:
+    """Where an index lives when neither --home nor SIAMESE_INDEX_HOME is given."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "siamese-index"
+
+
+def resolve_home(home=None) -> Path:
+    return Path(home or os.environ.get("SIAMESE_INDEX_HOME") or default_home()).expanduser()
+
+
+def resolve_model_dir(model=None) -> Path:
+    """A model given by path, or by name under models/; else SIAMESE_INDEX_MODEL; else the default."""
+    chosen = model or os.environ.get("SIAMESE_INDEX_MODEL") or DEFAULT_MODEL_NAME
+    path = Path(chosen).expanduser()
+    if not path.exists() and (MODELS_DIR / str(chosen)).is_dir():
+        return MODELS_DIR / str(chosen)
+    return path

@@ -1,0 +1,159 @@
+"""Safe image loading and the preprocessing every model applies identically.
+
+Preprocessing turns any readable image into a uint8 array of the model's input shape;
+scaling to floats happens inside the model graph, so training, enrollment and lookup
+cannot disagree about it.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InvalidImage
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".pgm", ".ppm", ".pbm", ".pnm", ".bmp", ".webp", ".tif", ".tiff",
+     ".gif", ".heic", ".heif"}
+)
+# 64 megapixels: far above any camera photo we expect, far below a decompression bomb.
+MAX_PIXELS = int(os.environ.get("SIAMESE_INDEX_MAX_PIXELS", 64_000_000))
+
+
+def _register_heif() -> None:
+    """Read HEIC/HEIF phone photos when pillow-heif is installed (optional)."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return
+    register_heif_opener()
+
+
+_register_heif()
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes a model input: optional crop, resize, channel count."""
+
+    height: int
+    width: int
+    channels: int = 1
+    # Fractional box (left, top, right, bottom) cut before resizing, e.g. the centre of LFW.
+    crop: tuple[float, float, float, float] | None = None
+    # Detect the largest face and crop around it (see faces.py) before `crop` is considered.
+    face_crop: bool = False
+    face_margin: float = 0.3
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["crop"] = list(self.crop) if self.crop else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        d = dict(d)
+        if d.get("crop") is not None:
+            d["crop"] = tuple(float(v) for v in d["crop"])
+        return cls(**d)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, self.channels)
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def open_image(source, name: str | None = None) -> Image.Image:
+    """Open and fully decode an image from a path or bytes, EXIF orientation applied.
+
+    Raises InvalidImage naming the file for anything that is not a whole, sane image.
+    """
+    label = name or str(source if not isinstance(source, (bytes, bytearray)) else "<upload>")
+    try:
+        if isinstance(source, (bytes, bytearray)):
+            if not source:
+                raise InvalidImage(label, "empty file")
+            fp = io.BytesIO(source)
+        else:
+            path = Path(source)
+            if not path.is_file():
+                raise InvalidImage(label, "no such file")
+            if path.stat().st_size == 0:
+                raise InvalidImage(label, "empty file")
+            fp = path.open("rb")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(fp) as im:
+                w, h = im.size
+                if w * h > MAX_PIXELS:
+                    raise InvalidImage(label, f"image too large ({w}x{h} pixels, cap {MAX_PIXELS})")
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                return im.copy()
+    except InvalidImage:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InvalidImage(label, f"not a readable image ({e.__class__.__name__})") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        # Pillow reports truncated data and corrupt headers as OSError/SyntaxError.
+        raise InvalidImage(label, f"corrupt or truncated image ({e})") from e
+
+
+def _to_mode(im: Image.Image, channels: int) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo or 1.0) * 255.0
+        im = Image.fromarray(arr.astype(np.uint8))
+    if im.mode in ("RGBA", "LA", "P", "PA") :
+        # Composite transparency on white so a transparent background is not black.
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, rgba)
+    return im.convert("L" if channels == 1 else "RGB")
+
+
+def crop_fraction(im: Image.Image, box: tuple[float, float, float, float]) -> Image.Image:
+    w, h = im.size
+    l, t, r, b = box
+    return im.crop((round(l * w), round(t * h), round(r * w), round(b * h)))
+
+
+def preprocess(im: Image.Image, prep: Preprocessing, face_box=None) -> np.ndarray:
+    """Crop, convert and resize an image to a uint8 array of shape prep.shape."""
+    if face_box is not None:
+        im = im.crop(face_box)
+    elif prep.crop:
+        im = crop_fraction(im, prep.crop)
+    im = _to_mode(im, prep.channels)
+    im = im.resize((prep.width, prep.height), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    arr = np.asarray(im, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return arr
+
+
+def array_to_input(arr: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """Fit an in-memory image array ((h, w) or (h, w, c), any numeric range) to prep.shape."""
+    a = np.asarray(arr)
+    if a.dtype != np.uint8:
+        a = a.astype(np.float64)
+        if a.max() <= 1.0:
+            a = a * 255.0
+        a = np.clip(a, 0, 255).astype(np.uint8)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    return preprocess(Image.fromarray(a), prep)
+
+
+def load_input(path, prep: Preprocessing) -> np.ndarray:
+    """Open a file and preprocess it for a model, without face detection."""
+    return preprocess(open_image(path), prep)

@@ -1,0 +1,232 @@
+"""Train a tower on identities, calibrate its threshold on unseen people, write a model dir."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .datasets import Dataset
+from .errors import InvalidData
+from .evaluation import best_threshold, n_way_accuracy, one_shot_split, rank_k, verification_report
+from .images import Preprocessing
+from .model import DEFAULT_ARCH, contrastive_loss_np
+from .modeldir import ModelConfig, library_versions, write_model_dir
+from .pairs import sample_pairs, split_identities
+
+
+@dataclass
+class TrainOptions:
+    arch: str = DEFAULT_ARCH
+    epochs: int = 10
+    seed: int = 0
+    margin: float = 1.0
+    embedding_dim: int | None = None
+    val_fraction: float = 0.2
+    # "batch": every pair inside P x K identity batches (online mining); "pairs": fixed
+    # genuine/impostor pairs through the two-input network, as the seed tutorials do.
+    mode: str = "batch"
+    identities_per_batch: int = 16
+    images_per_identity: int = 4
+    pairs_per_epoch: int = 4000
+    learning_rate: float = 1e-3
+    augmentation: str = "none"
+    steps_per_epoch: int | None = None
+
+
+@dataclass
+class EpochReport:
+    epoch: int
+    epochs: int
+    loss: float
+    val_loss: float
+    val_auc: float
+    seconds: float
+
+
+def _pk_batches(labels: np.ndarray, p: int, k: int, rng: np.random.Generator):
+    """Endless batches of p identities x up to k images; identities with 2+ images drawn first."""
+    rows_of = [np.flatnonzero(labels == l) for l in np.unique(labels)]
+    multi = [r for r in rows_of if len(r) >= 2]
+    singles = np.concatenate([r for r in rows_of if len(r) < 2] or [np.zeros(0, np.int64)])
+    if len(multi) < 2:
+        raise InvalidData("training needs at least two identities with two or more images")
+    p = min(p, len(multi))
+    while True:
+        chosen = rng.choice(len(multi), size=p, replace=False)
+        batch = []
+        for c in chosen:
+            rows = multi[c]
+            batch.extend(rng.choice(rows, size=min(k, len(rows)), replace=False))
+        if len(singles):
+            # Single-image identities can only be impostors: a few per batch.
+            batch.extend(rng.choice(singles, size=min(len(singles), max(1, p // 4)), replace=False))
+        yield np.asarray(batch)
+
+
+def train(
+    data: Dataset,
+    out_dir: Path,
+    options: TrainOptions,
+    preprocessing: Preprocessing | None,
+    progress: Callable[[EpochReport], None] | None = None,
+    source: str = "",
+    overwrite: bool = False,
+) -> ModelConfig:
+    """Train on an identity-disjoint split of data, calibrate on the held-out people, save."""
+    import keras
+
+    from .model import batch_contrastive_loss, build_augmenter, build_siamese, build_tower, contrastive_loss
+
+    opt = options
+    keras.utils.set_random_seed(opt.seed)
+    rng = np.random.default_rng(opt.seed)
+    train_ids, val_ids = split_identities(data.labels, opt.val_fraction, opt.seed)
+    train_set, val_set = data.subset(train_ids), data.subset(val_ids)
+    va, vb, vy = sample_pairs(val_set.labels, seed=opt.seed + 1, cap_per_identity=20)
+
+    input_shape = data.x.shape[1:]
+    tower = build_tower(opt.arch, input_shape, opt.embedding_dim)
+    aug = build_augmenter(opt.augmentation) if len(input_shape) == 3 else None
+    steps = opt.steps_per_epoch
+    if opt.mode == "batch":
+        batch_size = opt.identities_per_batch * opt.images_per_identity
+        steps = steps or max(1, len(train_set) // batch_size)
+    else:
+        steps = steps or max(1, opt.pairs_per_epoch // 64)
+    schedule = keras.optimizers.schedules.CosineDecay(opt.learning_rate, decay_steps=max(1, steps * opt.epochs), alpha=0.05)
+    optimizer = keras.optimizers.Adam(schedule)
+
+    if opt.mode == "batch":
+        net = keras.Sequential([aug, tower]) if aug is not None else tower
+        net.compile(optimizer=optimizer, loss=batch_contrastive_loss(opt.margin))
+        batches = _pk_batches(train_set.labels, opt.identities_per_batch, opt.images_per_identity, rng)
+
+        def gen():
+            for rows in batches:
+                yield train_set.x[rows].astype(np.float32), train_set.labels[rows]
+    elif opt.mode == "pairs":
+        inner = keras.Sequential([aug, tower]) if aug is not None else tower
+        net = build_siamese(inner)
+        net.compile(optimizer=optimizer, loss=contrastive_loss(opt.margin))
+
+        def gen():
+            epoch_seed = opt.seed + 100
+            while True:
+                a, b, y = sample_pairs(train_set.labels, opt.pairs_per_epoch, seed=epoch_seed, cap_per_identity=50)
+                epoch_seed += 1
+                for s in range(0, len(y) - 63, 64):
+                    sl = slice(s, s + 64)
+                    yield (train_set.x[a[sl]].astype(np.float32), train_set.x[b[sl]].astype(np.float32)), y[sl].astype(np.float32)
+    else:
+        raise InvalidData(f"unknown training mode {opt.mode!r}; choose batch or pairs")
+
+    history: list[dict] = []
+    best = {"auc": -1.0, "weights": None, "epoch": 0}
+
+    def val_distances() -> np.ndarray:
+        emb = _embed(tower, val_set.x)
+        return np.linalg.norm(emb[va] - emb[vb], axis=1)
+
+    class Report(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            from .evaluation import roc_auc
+
+            d = val_distances()
+            rep = EpochReport(
+                epoch + 1, opt.epochs, float((logs or {}).get("loss", float("nan"))),
+                contrastive_loss_np(d, vy, opt.margin), roc_auc(d, vy), time.perf_counter() - self.t0,
+            )
+            history.append({"epoch": rep.epoch, "loss": rep.loss, "val_loss": rep.val_loss, "val_auc": rep.val_auc, "seconds": round(rep.seconds, 2)})
+            if rep.val_auc > best["auc"]:
+                best.update(auc=rep.val_auc, weights=tower.get_weights(), epoch=rep.epoch)
+            if progress:
+                progress(rep)
+
+    started = time.perf_counter()
+    net.fit(gen(), steps_per_epoch=steps, epochs=opt.epochs, verbose=0, callbacks=[Report()])
+    train_seconds = time.perf_counter() - started
+    if best["weights"] is not None:
+        tower.set_weights(best["weights"])  # the epoch that verified unseen people best
+
+    d = val_distances()
+    threshold, _ = best_threshold(d, vy)
+    val_emb = _embed(tower, val_set.x)
+    metrics = {"validation": verification_report(d, vy, threshold)}
+    gal, probes = one_shot_split(val_set.labels)
+    if len(probes):
+        metrics["validation_one_shot"] = {"identities": int(len(gal)), "probes": int(len(probes)), **rank_k(val_emb[gal], val_set.labels[gal], val_emb[probes], val_set.labels[probes])}
+    config = ModelConfig(
+        arch=opt.arch,
+        input_shape=tuple(int(v) for v in input_shape),
+        embedding_dim=int(tower.output_shape[-1]),
+        preprocessing=preprocessing,
+        margin=opt.margin,
+        threshold=threshold,
+        threshold_method=f"max accuracy on {len(vy)} balanced pairs of {len(val_ids)} validation identities never trained on",
+        augmentation=opt.augmentation,
+        metrics=metrics,
+        history=history,
+        training={
+            "source": source, "mode": opt.mode, "epochs": opt.epochs, "best_epoch": best["epoch"], "seed": opt.seed,
+            "learning_rate": opt.learning_rate, "steps_per_epoch": steps, "train_identities": int(len(train_ids)),
+            "train_images": int(len(train_set)), "val_identities": int(len(val_ids)), "val_images": int(len(val_set)),
+            "val_identity_names": [data.names[i] for i in val_ids][:2000], "seconds": round(train_seconds, 1),
+            "skipped_files": len(data.skipped),
+        },
+        versions=library_versions(),
+    )
+    write_model_dir(out_dir, config, tower, overwrite=overwrite)
+    return config
+
+
+def _embed(tower, x: np.ndarray, batch_size: int = 128) -> np.ndarray:
+    out = [np.asarray(tower.predict_on_batch(x[s : s + batch_size].astype(np.float32))) for s in range(0, len(x), batch_size)]
+    return np.concatenate(out).astype(np.float32)
+
+
+def evaluate(
+    embedder,
+    data: Dataset | None,
+    *,
+    seed: int = 0,
+    cap_per_identity: int = 20,
+    pair_rows: list | None = None,
+    n_way: int | None = None,
+    tasks: int = 400,
+) -> dict:
+    """Verification (sampled or given pairs), closed-set one-shot rank-1/5, optional N-way."""
+    report: dict = {"model_id": embedder.model_id, "threshold": embedder.threshold}
+    if pair_rows is not None:
+        files = sorted({str(p) for r in pair_rows for p in (r.image_a, r.image_b)})
+        vecs, ok, failed = embedder.embed_files(files)
+        where = {p: i for i, p in enumerate(ok)}
+        keep = [r for r in pair_rows if str(r.image_a) in where and str(r.image_b) in where]
+        a = np.array([where[str(r.image_a)] for r in keep], dtype=np.int64)
+        b = np.array([where[str(r.image_b)] for r in keep], dtype=np.int64)
+        y = np.array([r.label for r in keep], dtype=np.int64)
+        d = np.linalg.norm(vecs[a] - vecs[b], axis=1)
+        report["verification"] = verification_report(d, y, embedder.threshold)
+        report["verification"]["source"] = "given pairs"
+        report["skipped"] = [{"path": p, "reason": r} for p, r in failed]
+        report["_pairs"] = (d, y)
+    if data is not None:
+        emb = embedder.embed_batch(data.x)
+        if pair_rows is None:
+            a, b, y = sample_pairs(data.labels, seed=seed, cap_per_identity=cap_per_identity)
+            d = np.linalg.norm(emb[a] - emb[b], axis=1)
+            report["verification"] = verification_report(d, y, embedder.threshold)
+            report["verification"]["source"] = f"sampled pairs (seed {seed}, at most {cap_per_identity} genuine per identity)"
+            report["_pairs"] = (d, y)
+            report["_pair_index"] = (a, b)
+        gal, probes = one_shot_split(data.labels)
+        report["one_shot"] = {"identities": int(len(gal)), "probes": int(len(probes)), **rank_k(emb[gal], data.labels[gal], emb[probes], data.labels[probes])}
+        if n_way:
+            report["n_way"] = n_way_accuracy(emb, data.labels, data.groups, n_way, tasks, seed)
+        report["skipped"] = [{"path": p, "reason": r} for p, r in data.skipped] + report.get("skipped", [])
+    return report
