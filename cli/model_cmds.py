@@ -14,7 +14,7 @@ def _parse_size(value: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in value.lower().split("x"))
     except ValueError:
-        raise click.BadParameter(f"{value!r}: expected HEIGHTxWIDTH, e.g. 64x52") from None
+        raise click.BadParameter(f"{value!r}: expected HEIGHTxWIDTH, e.g. 48x40") from None
     return h, w
 
 
@@ -46,7 +46,7 @@ def _load_progress(done: int, total: int) -> None:
               help="batch: all pairs inside identity batches (hard impostors weigh most); pairs: fixed pairs as the seeds do.")
 @click.option("--val-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 0.9, min_open=True),
               help="Share of identities held out (never trained on) to calibrate the threshold.")
-@click.option("--size", default="64x52", show_default=True, help="Input HEIGHTxWIDTH for images.")
+@click.option("--size", default="48x40", show_default=True, help="Input HEIGHTxWIDTH for images.")
 @click.option("--channels", default=1, show_default=True, type=click.Choice(["1", "3"]), help="1 = grayscale, 3 = RGB.")
 @click.option("--crop", default=None, help="Fractional box left,top,right,bottom cut before resizing (e.g. LFW's centre).")
 @click.option("--face-crop/--no-face-crop", default=False, show_default=True, help="Detect and crop the largest face at enrollment and lookup.")

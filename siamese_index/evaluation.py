@@ -174,3 +174,28 @@ def n_way_accuracy(emb: np.ndarray, labels, groups_of_label, n_way: int, tasks: 
         d = pairwise_l2(emb[[probe]], emb[enrolled])[0]
         correct += int(np.argmin(d) == target)
     return {"accuracy": correct / tasks, "tasks": tasks, "n_way": n_way, "groups": len(eligible)}
+
+
+FAR_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 0.5)
+
+
+def impostor_far_table(emb: np.ndarray, labels, max_rows: int = 3000, seed: int = 0) -> list[list[float]]:
+    """[far, distance] points: the share of impostor pairs closer than distance.
+
+    Uses every cross-identity pair among (up to max_rows) rows, millions of pairs, so that the
+    small false-accept rates needed for identification against large galleries are measured.
+    """
+    labels = np.asarray(labels)
+    if len(labels) > max_rows:
+        keep = np.sort(np.random.default_rng(seed).choice(len(labels), max_rows, replace=False))
+        emb, labels = emb[keep], labels[keep]
+    chunks = []
+    for s in range(0, len(labels), 512):
+        d = pairwise_l2(emb[s : s + 512], emb)
+        rows = np.arange(s, min(s + 512, len(labels)))[:, None]
+        mask = (labels[s : s + 512, None] != labels[None, :]) & (rows < np.arange(len(labels))[None, :])
+        chunks.append(d[mask].astype(np.float32))
+    imp = np.sort(np.concatenate(chunks))
+    if len(imp) == 0:
+        return []
+    return [[far, float(imp[min(len(imp) - 1, int(far * len(imp)))])] for far in FAR_GRID if far * len(imp) >= 1]

@@ -10,7 +10,7 @@ import numpy as np
 
 from .datasets import Dataset
 from .errors import InvalidData
-from .evaluation import best_threshold, n_way_accuracy, one_shot_split, rank_k, verification_report
+from .evaluation import best_threshold, impostor_far_table, n_way_accuracy, one_shot_split, rank_k, verification_report
 from .images import Preprocessing
 from .model import DEFAULT_ARCH, contrastive_loss_np
 from .modeldir import ModelConfig, library_versions, write_model_dir
@@ -158,6 +158,7 @@ def train(
     threshold, _ = best_threshold(d, vy)
     val_emb = _embed(tower, val_set.x)
     metrics = {"validation": verification_report(d, vy, threshold)}
+    metrics["impostor_far_table"] = impostor_far_table(val_emb, val_set.labels, seed=opt.seed)
     gal, probes = one_shot_split(val_set.labels)
     if len(probes):
         metrics["validation_one_shot"] = {"identities": int(len(gal)), "probes": int(len(probes)), **rank_k(val_emb[gal], val_set.labels[gal], val_emb[probes], val_set.labels[probes])}

@@ -1,0 +1,73 @@
+"""Metrics against values computed by hand."""
+import numpy as np
+import pytest
+
+from siamese_index.evaluation import (
+    accuracy_at, best_threshold, eer, impostor_far_table, n_way_accuracy, one_shot_split, rank_k, roc_auc, tar_at_far,
+)
+
+# Genuine pairs at 0.1, 0.2, 0.6; impostors at 0.4, 0.8, 0.9.
+D = np.array([0.1, 0.2, 0.6, 0.4, 0.8, 0.9])
+Y = np.array([1, 1, 1, 0, 0, 0])
+
+
+def test_accuracy_at_threshold():
+    assert accuracy_at(D, Y, 0.5) == pytest.approx(4 / 6)  # 0.6 rejected, 0.4 accepted
+    assert accuracy_at(D, Y, 0.7) == pytest.approx(5 / 6)
+
+
+def test_best_threshold_is_a_midpoint():
+    t, acc = best_threshold(D, Y)
+    assert acc == pytest.approx(5 / 6)
+    assert t in (pytest.approx(0.3), pytest.approx(0.7))
+
+
+def test_auc_by_hand():
+    # 9 genuine/impostor comparisons; only (0.6 vs 0.4) is ordered wrongly.
+    assert roc_auc(D, Y) == pytest.approx(8 / 9)
+    assert roc_auc([0.5, 0.5], [1, 0]) == pytest.approx(0.5)  # a tie counts one half
+
+
+def test_eer_and_tar_at_far():
+    assert eer(D, Y) == pytest.approx(1 / 3)
+    assert tar_at_far(D, Y, 0.0) == pytest.approx(2 / 3)
+    assert tar_at_far(D, Y, 1 / 3) == pytest.approx(1.0)
+
+
+def test_perfect_separation():
+    d = np.array([0.1, 0.2, 0.9, 1.0])
+    y = np.array([1, 1, 0, 0])
+    assert roc_auc(d, y) == 1.0 and eer(d, y) == 0.0 and best_threshold(d, y)[1] == 1.0
+
+
+def test_one_shot_rank_k():
+    gallery = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    labels = np.array([0, 1, 2])
+    probes = np.array([[0.1, 0.0], [0.9, 0.1], [0.6, 0.0]])
+    truth = np.array([0, 1, 2])  # the third is nearest to identity 1, second-nearest 0
+    r = rank_k(gallery, labels, probes, truth, ks=(1, 2, 3))
+    assert r == {"rank1": pytest.approx(2 / 3), "rank2": pytest.approx(2 / 3), "rank3": 1.0}
+
+
+def test_one_shot_split_enrolls_first_of_each():
+    gal, probes = one_shot_split(np.array([0, 0, 1, 2, 2, 2]))
+    assert gal.tolist() == [0, 2, 3] and probes.tolist() == [1, 4, 5]
+
+
+def test_n_way_on_separable_clusters():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(30, 8)) * 10
+    labels = np.repeat(np.arange(30), 3)
+    emb = centres[labels] + rng.normal(size=(90, 8)) * 0.01
+    groups = ["a"] * 15 + ["b"] * 15
+    r = n_way_accuracy(emb, labels, groups, 5, 50, seed=0)
+    assert r["accuracy"] == 1.0 and r["tasks"] == 50
+    assert n_way_accuracy(emb, labels, groups, 20, 5, seed=0)["accuracy"] is None  # no group has 20
+
+
+def test_impostor_far_table_counts_only_impostors():
+    emb = np.array([[0.0], [0.0], [1.0], [3.0]])
+    labels = np.array([0, 0, 1, 2])
+    # Impostor distances: 1, 1, 3, 3, 2 -> sorted 1, 1, 2, 3, 3.
+    table = dict(impostor_far_table(emb, labels))
+    assert table[0.3] == 1.0 and table[0.5] == 2.0
