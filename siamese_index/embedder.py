@@ -61,7 +61,7 @@ class KerasEmbedder:
         if prep.face_crop:
             from .faces import face_box_for
 
-            box, warnings = face_box_for(im, prep.face_margin, strict=strict_face, name=name or str(source))
+            box, warnings = face_box_for(im, prep.face_box, strict=strict_face, name=name or str(source))
         return preprocess(im, prep, face_box=box), warnings
 
     def embed_batch(self, inputs: np.ndarray) -> np.ndarray:

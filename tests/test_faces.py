@@ -1,0 +1,66 @@
+"""Face cropping on real photos where the face is off-centre (needs ../shared/data/lfw)."""
+import pytest
+from PIL import Image
+
+from siamese_index.errors import InvalidImage
+from siamese_index.faces import crop_box, detect_faces, face_box_for
+from siamese_index.images import Preprocessing, open_image
+
+from .shared_data import shared_path
+from .synthetic import identity_image
+
+OFFSETS = Preprocessing(48, 40).face_box
+
+
+def _lfw_photo():
+    return open_image(shared_path("lfw", "lfw-deepfunneled", "AJ_Cook", "AJ_Cook_0001.jpg"))
+
+
+def test_off_centre_face_is_found_where_it_was_put():
+    face = _lfw_photo()
+    canvas = Image.new("RGB", (900, 600), (90, 120, 90))
+    canvas.paste(face, (600, 300))  # bottom-right corner
+    boxes = detect_faces(canvas)
+    assert boxes, "no face detected"
+    x, y, w, h = boxes[0]
+    assert 600 <= x and x + w <= 850 and 300 <= y and y + h <= 550
+    box, warnings = face_box_for(canvas, OFFSETS, strict=True, name="party.jpg")
+    cx = (box[0] + box[2]) / 2
+    assert 650 < cx < 800 and not warnings
+
+
+def test_crop_matches_the_training_framing_on_lfw():
+    im = _lfw_photo()
+    box, _ = face_box_for(im, OFFSETS, strict=True, name="aj.jpg")
+    train_crop = (0.28 * 250, 0.22 * 250, 0.72 * 250, 0.78 * 250)
+    assert all(abs(a - b) < 25 for a, b in zip(box, train_crop))
+
+
+def test_no_face_falls_back_at_lookup_and_is_refused_at_enrollment():
+    blank = identity_image(1, 0, 200, "RGB")
+    box, warnings = face_box_for(blank, OFFSETS, strict=False, name="shapes.png")
+    assert box is None and "no face found" in warnings[0]
+    with pytest.raises(InvalidImage, match="no face found"):
+        face_box_for(blank, OFFSETS, strict=True, name="shapes.png")
+
+
+def test_tiny_and_multiple_faces_are_refused_at_enrollment():
+    face = _lfw_photo()
+    small = face.resize((60, 60))
+    canvas = Image.new("RGB", (400, 300), (0, 0, 0))
+    canvas.paste(small, (170, 120))
+    # A face this small is either not detected or refused as too small: never enrolled.
+    with pytest.raises(InvalidImage, match="too small|no face"):
+        face_box_for(canvas, OFFSETS, strict=True, name="far.jpg")
+    two = Image.new("RGB", (520, 260), (0, 0, 0))
+    two.paste(face, (0, 5))
+    two.paste(face.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (265, 5))
+    assert len(detect_faces(two)) >= 2
+    with pytest.raises(InvalidImage, match="faces found"):
+        face_box_for(two, OFFSETS, strict=True, name="two.jpg")
+    box, warnings = face_box_for(two, OFFSETS, strict=False, name="two.jpg")
+    assert box is not None and "faces found" in warnings[0]
+
+
+def test_crop_box_arithmetic():
+    assert crop_box((100, 100, 50, 50), (-0.5, -0.5, 0.5, 0.5)) == (100, 100, 150, 150)
