@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from . import model_cmds
+from . import index_cmds, model_cmds
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,5 +16,5 @@ def cli():
     """
 
 
-for command in model_cmds.COMMANDS:
+for command in model_cmds.COMMANDS + index_cmds.COMMANDS:
     cli.add_command(command)

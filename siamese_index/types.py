@@ -23,6 +23,8 @@ class Identification:
     candidates: tuple[Match, ...]
     threshold: float
     warnings: tuple[str, ...] = ()
+    # Set when the query could not be used (unreadable image): known False, no candidates.
+    error: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -37,6 +39,7 @@ class Verification:
     distance: float
     threshold: float
     same: bool
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,6 +54,10 @@ class EnrollResult:
     image_id: int | None = None
     reason: str | None = None
     warnings: tuple[str, ...] = ()
+    identity: str | None = None  # the external id the file was enrolled under
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -60,3 +67,6 @@ class Person:
     meta: dict = field(default_factory=dict)
     images: int = 0
     created: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -7,7 +7,7 @@ from siamese_index.faces import crop_box, detect_faces, face_box_for
 from siamese_index.images import Preprocessing, open_image
 
 from .shared_data import shared_path
-from .synthetic import identity_image
+from siamese_index.synthetic import identity_image
 
 OFFSETS = Preprocessing(48, 40).face_box
 

@@ -11,7 +11,7 @@ from siamese_index.datasets import load_dataset
 from siamese_index.errors import InvalidImage
 from siamese_index.images import Preprocessing, load_input, open_image, preprocess
 
-from .synthetic import identity_image, make_identity_folder
+from siamese_index.synthetic import identity_image, make_identity_folder
 
 PREP = Preprocessing(16, 12, 1)
 

@@ -11,7 +11,7 @@ from siamese_index.images import Preprocessing
 from siamese_index.modeldir import CONFIG_NAME, read_config
 from siamese_index.training import TrainOptions, evaluate, train
 
-from .synthetic import make_identity_folder
+from siamese_index.synthetic import make_identity_folder
 
 PREP = Preprocessing(24, 24, 1)
 

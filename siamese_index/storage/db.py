@@ -416,16 +416,18 @@ class Database:
         if current == SCHEMA_VERSION:
             return []
         applied: list[int] = []
-        with self.write() as txn:
-            conn = txn.conn
-            conn.exec_driver_sql(_SCHEMA_VERSION_DDL)
-            current = self.schema_version(conn)  # again, under the lock
-            self._refuse_newer(current)
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                log.info("migrating %s to schema version %d", self.path, version)
-                MIGRATIONS[version - 1](conn)
-                conn.execute(schema_version_table.insert().values(version=version, applied_at=now_iso()))
-                applied.append(version)
+        with self.lock, self.engine.connect().execution_options(siamese_write=True) as conn:
+            with conn.begin():  # DDL is transactional in SQLite: all migrations or none
+                conn.exec_driver_sql(_SCHEMA_VERSION_DDL)
+                current = self.schema_version(conn)  # again, under the lock
+                self._refuse_newer(current)
+                for version in range(current + 1, SCHEMA_VERSION + 1):
+                    log.info("migrating %s to schema version %d", self.path, version)
+                    MIGRATIONS[version - 1](conn)
+                    conn.execute(schema_version_table.insert().values(version=version, applied_at=now_iso()))
+                    applied.append(version)
+                if applied:
+                    self.set_meta(conn, "change_counter", str(self.get_counter(conn) + 1))
         return applied
 
     def _refuse_newer(self, current: int) -> None:

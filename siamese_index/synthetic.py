@@ -1,4 +1,4 @@
-"""Small synthetic identity images that tests make themselves (no data set needed).
+"""Small synthetic identity images for the demo and the tests (no data set needed).
 
 Each identity is a distinct arrangement of shapes; each of its photos is shifted, brightened
 and noised a little, so identities are learnable but photos are never identical.
