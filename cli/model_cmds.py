@@ -49,7 +49,8 @@ def _load_progress(done: int, total: int) -> None:
 @click.option("--size", default="48x40", show_default=True, help="Input HEIGHTxWIDTH for images.")
 @click.option("--channels", default=1, show_default=True, type=click.Choice(["1", "3"]), help="1 = grayscale, 3 = RGB.")
 @click.option("--crop", default=None, help="Fractional box left,top,right,bottom cut before resizing (e.g. LFW's centre).")
-@click.option("--face-crop/--no-face-crop", default=False, show_default=True, help="Detect and crop the largest face at enrollment and lookup.")
+@click.option("--face-crop/--no-face-crop", default=False, show_default=True,
+              help="Detect and crop the largest face at enrollment, lookup and evaluation. Training images are still cut with --crop: use it on an aligned set (LFW) whose fixed crop matches the detector's framing.")
 @click.option("--augment", default=None, type=click.Choice(["faces", "symbols", "none"]), help="Training augmentation (default: faces for images).")
 @click.option("--embedding-dim", default=None, type=click.IntRange(2), help="Embedding size (default: the architecture's).")
 @click.option("--lr", "learning_rate", default=1e-3, show_default=True, type=float)
@@ -78,7 +79,7 @@ def train(data_dir, out, arch, epochs, seed, margin, mode, val_fraction, size, c
 
     h, w = _parse_size(size)
     prep = Preprocessing(h, w, int(channels), _parse_crop(crop), face_crop)
-    data = load_dataset(data_dir, prep, progress=_load_progress, include=include, exclude=exclude)
+    data = load_dataset(data_dir, prep, progress=_load_progress, include=include, exclude=exclude, detect_faces=False)
     for path, reason in data.skipped:
         warn(f"skipped {path}: {reason}")
     is_images = data.x.ndim == 4

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import InvalidData, InvalidImage
-from .images import Preprocessing, array_to_input, is_image_file, load_input
+from .images import Preprocessing, array_to_input, is_image_file, load_input, prepare
 
 
 @dataclass
@@ -79,8 +79,14 @@ def load_dataset(
     workers: int = 4,
     include=(),
     exclude=(),
+    detect_faces: bool = True,
 ) -> Dataset:
-    """Load a folder of identities or an .npz (X, y). Bad image files are skipped and listed."""
+    """Load a folder of identities or an .npz (X, y). Bad image files are skipped and listed.
+
+    Images are prepared as enrollment and lookup prepare them (face detection when the
+    preprocessing asks for it); detect_faces=False uses the fixed crop only, for training on
+    an already aligned set such as LFW deep-funneled.
+    """
     source = Path(source)
     if source.suffix == ".npz":
         return _load_npz(source, prep)
@@ -92,6 +98,8 @@ def load_dataset(
     def load(job):
         label, path = job
         try:
+            if detect_faces and prep.face_crop:
+                return label, str(path), prepare(path, prep, name=str(path))[0], None
             return label, str(path), load_input(path, prep), None
         except InvalidImage as e:
             return label, str(path), None, e.reason

@@ -7,7 +7,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from .errors import ModelError
-from .images import Preprocessing, open_image, preprocess
+from .images import Preprocessing, prepare
 from .modeldir import WEIGHTS_NAME, ModelConfig, read_config, weights_hash
 
 
@@ -52,17 +52,9 @@ class KerasEmbedder:
         return self.config.preprocessing
 
     def prepare(self, source, name: str | None = None, strict_face: bool = False) -> tuple[np.ndarray, list[str]]:
-        prep = self.preprocessing
-        if prep is None:
+        if self.preprocessing is None:
             raise ModelError(f"{self.model_dir}: a vector model cannot embed image files")
-        im = open_image(source, name)
-        warnings: list[str] = []
-        box = None
-        if prep.face_crop:
-            from .faces import face_box_for
-
-            box, warnings = face_box_for(im, prep.face_box, strict=strict_face, name=name or str(source))
-        return preprocess(im, prep, face_box=box), warnings
+        return prepare(source, self.preprocessing, name=name, strict_face=strict_face)
 
     def embed_batch(self, inputs: np.ndarray) -> np.ndarray:
         x = np.asarray(inputs)

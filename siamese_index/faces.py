@@ -54,7 +54,7 @@ def face_box_for(im: Image.Image, offsets, strict: bool, name: str):
     if not faces:
         if strict:
             raise InvalidImage(name, "no face found (pass --allow-no-face to enroll the whole image)")
-        return None, [f"{name}: no face found; using the whole image"]
+        return None, [f"{name}: no face found; using the image without face cropping"]
     largest = faces[0]
     if strict:
         if largest[2] < MIN_FACE_PIXELS:

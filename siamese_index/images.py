@@ -160,5 +160,21 @@ def array_to_input(arr: np.ndarray, prep: Preprocessing) -> np.ndarray:
 
 
 def load_input(path, prep: Preprocessing) -> np.ndarray:
-    """Open a file and preprocess it for a model, without face detection."""
+    """Open a file and preprocess it with the fixed crop only (aligned training images)."""
     return preprocess(open_image(path), prep)
+
+
+def prepare(source, prep: Preprocessing, name: str | None = None, strict_face: bool = False) -> tuple[np.ndarray, list[str]]:
+    """Open a user's image and make it a model input, exactly as enrollment and lookup do.
+
+    With face_crop on, the largest face is detected and framed like the training crop; when
+    none is found (and not strict) the fixed crop, else the whole image, is used with a warning.
+    """
+    label = name or str(source if not isinstance(source, (bytes, bytearray)) else "<upload>")
+    im = open_image(source, label)
+    if not prep.face_crop:
+        return preprocess(im, prep), []
+    from .faces import face_box_for
+
+    box, warnings = face_box_for(im, prep.face_box, strict=strict_face, name=label)
+    return preprocess(im, prep, face_box=box), warnings
