@@ -1,4 +1,11 @@
-"""Commands on a home's index: enroll, identify, verify, people, backup, status, check."""
+"""Commands on a home's index: enroll, identify, verify, people, backup, status, check.
+
+Output conventions: results on stdout (one line per file or a short summary; --json for the
+library's result as JSON), progress, warnings and per-file errors on stderr. Exit status: 0 when
+everything asked for was done; 1 on an error (one line, no traceback), and also when some input
+files of a batch failed (the others are still processed and reported), or when check finds
+problems it did not repair; 2 for a usage error.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,9 +20,12 @@ home_option = click.option(
 )
 model_option = click.option(
     "--model", default=None,
-    help="Model directory or name under models/ for a NEW home (default: the shipped face tower). An existing home keeps its recorded model.",
+    help="Model directory or name under models/ for a NEW home (default: the shipped face tower). "
+         "An existing home keeps its recorded model; a different one is refused.",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+
+BATCH_EXIT_NOTE = "Exit status 1 when any file failed (the others are still processed)."
 
 
 def open_index(home, model=None, create=False, **kwargs):
@@ -23,6 +33,17 @@ def open_index(home, model=None, create=False, **kwargs):
     from siamese_index.index import SiameseIndex
 
     return SiameseIndex.open(home=home, model=model, create=create, **kwargs)
+
+
+def _home_exists(home) -> bool:
+    from siamese_index.config import resolve_home
+    from siamese_index.storage.db import DB_NAME
+
+    return (resolve_home(home) / DB_NAME).exists()
+
+
+def _exit(code: int) -> None:
+    click.get_current_context().exit(code)
 
 
 def _parse_meta(items) -> dict:
@@ -35,27 +56,34 @@ def _parse_meta(items) -> dict:
     return meta
 
 
-def _report_enroll(results, as_json: bool, person_id: str | None = None) -> None:
-    if as_json:
-        emit_json({"results": [r.__dict__ for r in results], "summary": _summary(results)})
-        return
-    for r in results:
-        for w in r.warnings:
-            warn(w)
-        who = f" -> {r.identity}" if getattr(r, "identity", None) else (f" -> {person_id}" if person_id else "")
-        if r.status == "failed":
-            click.echo(f"failed  {r.path}: {r.reason}")
-        else:
-            click.echo(f"{r.status:7} {r.path}{who}")
-    s = _summary(results)
-    click.echo(f"{s['added']} added, {s['exists']} already enrolled, {s['failed']} failed")
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n} {word if n == 1 else (plural or word + 's')}"
 
 
 def _summary(results) -> dict:
     return {k: sum(r.status == k for r in results) for k in ("added", "exists", "failed")}
 
 
-@click.command()
+def _report_enroll(results, as_json: bool) -> None:
+    """Print enroll results; exit 1 when any file failed."""
+    s = _summary(results)
+    if as_json:
+        emit_json({"results": [r.to_dict() for r in results], "summary": s})
+    else:
+        for r in results:
+            for w in r.warnings:
+                warn(w)
+            if r.status == "failed":
+                click.echo(f"error: {r.path}: {r.reason}", err=True)
+            else:
+                who = f" -> {r.identity}" if r.identity else ""
+                click.echo(f"{r.status:7} {r.path}{who}")
+        click.echo(f"{s['added']} added, {s['exists']} already enrolled, {s['failed']} failed")
+    if s["failed"]:
+        _exit(1)
+
+
+@click.command(epilog=BATCH_EXIT_NOTE)
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--id", "person_id", required=True, help="The person's external id (e.g. an employee number).")
 @click.option("--name", default=None, help="Display name.")
@@ -67,16 +95,20 @@ def _summary(results) -> dict:
 @json_option
 @handle_errors
 def enroll(files, person_id, name, meta, allow_no_face, no_store_images, home, model, as_json):
-    """Enroll photos of one person under --id (creating the home on first use)."""
+    """Enroll photos of one person under --id (creating the home on first use).
+
+    Photos already enrolled for this id are reported as "exists" and left alone; --name and
+    --meta update an existing id."""
     meta = _parse_meta(meta)
+    new = not _home_exists(home)
     with open_index(home, model, create=True, keep_images=False if no_store_images else None) as index:
+        if new:
+            progress_line(f"created a new home at {index.home} (model {index.model_id})")
         results = index.enroll(person_id, list(files), name=name, meta=meta or None, allow_no_face=allow_no_face)
-    _report_enroll(results, as_json, person_id)
-    if results and all(r.status == "failed" for r in results):
-        raise SystemExit(1)
+    _report_enroll(results, as_json)
 
 
-@click.command("enroll-dir")
+@click.command("enroll-dir", epilog=BATCH_EXIT_NOTE)
 @click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--allow-no-face", is_flag=True, help="Enroll photos even when no single clear face is found.")
 @click.option("--no-store-images", is_flag=True, help="When creating a home: keep no copy of enrolled photos.")
@@ -90,12 +122,19 @@ def enroll_dir(root, allow_no_face, no_store_images, home, model, as_json):
     def progress(done, total, person):
         progress_line(f"[{done}/{total}] {person}")
 
+    new = not _home_exists(home)
     with open_index(home, model, create=True, keep_images=False if no_store_images else None) as index:
-        results = index.enroll_dir(root, progress=None if as_json else progress, allow_no_face=allow_no_face)
+        if new:
+            progress_line(f"created a new home at {index.home} (model {index.model_id})")
+        results = index.enroll_dir(root, progress=progress, allow_no_face=allow_no_face)
     _report_enroll(results, as_json)
 
 
-@click.command()
+def _who(m) -> str:
+    return f"{m.id} ({m.name})" if m.name else m.id
+
+
+@click.command(epilog="Exit status 1 when some query could not be read (the others are still answered).")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--k", default=5, show_default=True, type=click.IntRange(1), help="How many candidate identities to list.")
 @click.option("--threshold", type=float, default=None, help="Override the unknown-person threshold (plain L2).")
@@ -107,20 +146,32 @@ def identify(files, k, threshold, margin, home, as_json):
     """Who is in each of FILES? The nearest enrolled identity, or unknown."""
     with open_index(home) as index:
         answers = index.identify(list(files), k=k, threshold=threshold, margin=margin)
-    if as_json:
-        emit_json([a.to_dict() for a in answers])
-        return
+    seen = set()
     for a in answers:
         for w in a.warnings:
-            warn(w)
-        if getattr(a, "error", None):
-            click.echo(f"{a.query}: error: {a.error}")
-        elif a.known:
-            click.echo(f"{a.query}: {a.match.id} ({a.match.name or '-'})  distance {a.match.distance:.4f} < {a.threshold:.4f}")
-        else:
-            best = a.candidates[0] if a.candidates else None
-            near = f"; nearest {best.id} at {best.distance:.4f}" if best else ""
-            click.echo(f"{a.query}: unknown (threshold {a.threshold:.4f}{near})")
+            if w not in seen:  # "nobody is enrolled" once, not once per query
+                seen.add(w)
+                warn(w)
+    if as_json:
+        emit_json([a.to_dict() for a in answers])
+    else:
+        for a in answers:
+            if a.error:
+                click.echo(f"error: {a.query}: {a.error}", err=True)
+            elif a.known:
+                click.echo(f"{a.query}: {_who(a.match)}  distance {a.match.distance:.4f} < {a.threshold:.4f}")
+            elif a.candidates:
+                best = a.candidates[0]
+                why = (f">= {a.threshold:.4f}" if best.distance >= a.threshold
+                       else "but too close to the next identity")
+                click.echo(f"{a.query}: unknown  (nearest {_who(best)} at {best.distance:.4f} {why})")
+            else:
+                click.echo(f"{a.query}: unknown")
+    failed = sum(1 for a in answers if a.error)
+    if failed:
+        if not as_json:
+            warn(f"{failed} of {len(answers)} queries could not be read")
+        _exit(1)
 
 
 @click.command()
@@ -128,20 +179,24 @@ def identify(files, k, threshold, margin, home, as_json):
 @click.argument("image_b", type=click.Path(path_type=Path))
 @click.option("--threshold", type=float, default=None, help="Override the model's pair threshold (plain L2).")
 @home_option
-@model_option
+@click.option("--model", default=None,
+              help="Model directory or name to verify with (default: the home's model when the home exists, "
+                   "else the shipped face tower). With --home, it must be the home's model.")
 @json_option
 @handle_errors
 def verify(image_a, image_b, threshold, home, model, as_json):
-    """Do IMAGE_A and IMAGE_B show the same person?"""
+    """Do IMAGE_A and IMAGE_B show the same person? Nothing is enrolled."""
     quiet_tensorflow()
     from siamese_index.index import verify_files
 
     result = verify_files(image_a, image_b, home=home, model=model, threshold=threshold)
+    for w in result.warnings:
+        warn(w)
     if as_json:
         emit_json(result.to_dict())
         return
     verdict = "same" if result.same else "different"
-    click.echo(f"{verdict}: distance {result.distance:.4f} ({'<' if result.same else '>='} threshold {result.threshold:.4f})")
+    click.echo(f"{verdict}: distance {result.distance:.4f} {'<' if result.same else '>='} threshold {result.threshold:.4f}")
 
 
 @click.group()
@@ -155,14 +210,20 @@ def people():
 @handle_errors
 def people_list(home, as_json):
     """List enrolled people with their photo counts."""
-    with open_index(home) as index:
+    with open_index(home, sync=False) as index:
         everyone = index.people()
     if as_json:
-        emit_json([p.__dict__ for p in everyone])
+        emit_json([p.to_dict() for p in everyone])
         return
+    if not everyone:
+        click.echo("nobody is enrolled", err=True)
+        return
+    w_id = max(2, *(len(p.id) for p in everyone))
+    w_name = max(4, *(len(p.name or "-") for p in everyone))
+    click.echo(f"{'ID':{w_id}}  {'NAME':{w_name}}  PHOTOS")
     for p in everyone:
-        click.echo(f"{p.id}\t{p.name or '-'}\t{p.images} photo(s)")
-    click.echo(f"{len(everyone)} people", err=True)
+        click.echo(f"{p.id:{w_id}}  {p.name or '-':{w_name}}  {p.images}")
+    click.echo(_plural(len(everyone), "person", "people"), err=True)
 
 
 @people.command("show")
@@ -171,75 +232,117 @@ def people_list(home, as_json):
 @json_option
 @handle_errors
 def people_show(person_id, home, as_json):
-    """Show one person's details and photos."""
-    with open_index(home) as index:
+    """Show one person's details and photos (image number, hash prefix, source file)."""
+    with open_index(home, sync=False) as index:
         info = index.person(person_id)
     if as_json:
         emit_json(info)
         return
-    for key, value in info.items():
-        if key != "images":
-            click.echo(f"{key}: {value}")
-    for img in info.get("images", []):
-        click.echo(f"  image {img.get('image_id')}  {img.get('source_name')}  {str(img.get('sha256', ''))[:12]}")
+    meta = ", ".join(f"{k}={v}" for k, v in info["meta"].items()) or "-"
+    click.echo(f"id:       {info['id']}")
+    click.echo(f"name:     {info['name'] or '-'}")
+    click.echo(f"meta:     {meta}")
+    click.echo(f"created:  {info['created']}")
+    click.echo(f"updated:  {info['updated']}")
+    click.echo(f"photos:   {len(info['images'])}")
+    for img in info["images"]:
+        stored = "" if img.get("stored_path") else "  (no stored copy)"
+        click.echo(f"  {img['image_id']:>5}  {str(img['sha256'])[:12]}  {img['source_name']}{stored}")
 
 
 @people.command("rename")
 @click.argument("person_id")
 @click.argument("name")
 @home_option
+@json_option
 @handle_errors
-def people_rename(person_id, name, home):
+def people_rename(person_id, name, home, as_json):
     """Give PERSON_ID a new display NAME."""
-    with open_index(home) as index:
-        index.rename(person_id, name)
-    click.echo(f"renamed {person_id} to {name!r}")
+    with open_index(home, sync=False) as index:
+        person = index.rename(person_id, name)
+    if as_json:
+        emit_json(person.to_dict())
+        return
+    click.echo(f"renamed {person.id} to {person.name!r}")
 
 
 @people.command("remove")
 @click.argument("person_id")
 @home_option
+@json_option
 @handle_errors
-def people_remove(person_id, home):
+def people_remove(person_id, home, as_json):
     """Remove a person: rows, vectors and stored photos, for good."""
     with open_index(home) as index:
-        index.remove(person_id)
-    click.echo(f"removed {person_id}")
+        out = index.remove(person_id)
+    if as_json:
+        emit_json(out)
+        return
+    click.echo(f"removed {out['id']}: {_plural(out['images'], 'photo')}, "
+               f"{_plural(out['files_deleted'], 'stored copy', 'stored copies')} deleted")
 
 
 @people.command("remove-image")
 @click.argument("person_id")
 @click.argument("image")
 @home_option
+@json_option
 @handle_errors
-def people_remove_image(person_id, image, home):
-    """Remove one photo (its image id, file name or hash prefix) of a person."""
+def people_remove_image(person_id, image, home, as_json):
+    """Remove one photo of a person: its image number, source file name or hash prefix (see `people show`)."""
     with open_index(home) as index:
-        index.remove_image(person_id, image)
-    click.echo(f"removed image {image} of {person_id}")
+        out = index.remove_image(person_id, image)
+    if as_json:
+        emit_json(out)
+        return
+    click.echo(f"removed image {out['image_id']} ({out['source_name']}) of {out['id']}; "
+               f"{_plural(out['remaining_images'], 'photo')} left")
 
 
 @people.command("merge")
 @click.argument("person_id")
 @click.argument("into_id")
 @home_option
+@json_option
 @handle_errors
-def people_merge(person_id, into_id, home):
+def people_merge(person_id, into_id, home, as_json):
     """Move all photos of PERSON_ID to INTO_ID and remove PERSON_ID."""
     with open_index(home) as index:
-        index.merge(person_id, into_id)
-    click.echo(f"merged {person_id} into {into_id}")
+        out = index.merge(person_id, into_id)
+    if as_json:
+        emit_json(out)
+        return
+    click.echo(f"merged {out['id']} into {out['into']}: {_plural(out['moved'], 'photo')} moved, "
+               f"{_plural(out['duplicates_dropped'], 'duplicate')} dropped")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
 
 
 @click.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @home_option
+@json_option
 @handle_errors
-def backup(path, home):
-    """Write a consistent copy of the home to PATH (safe while the index is in use)."""
-    with open_index(home) as index:
-        index.backup(path)
-    click.echo(f"backed up to {path}")
+def backup(path, home, as_json):
+    """Write a consistent copy of the home to the new folder PATH (safe while the index is in use).
+
+    The copy is itself a home: open it with --home PATH."""
+    with open_index(home, sync=False) as index:
+        out = index.backup(path)
+    if out.get("missing_images"):
+        warn(f"{_plural(out['missing_images'], 'stored photo copy', 'stored photo copies')} "
+             f"were missing and are not in the backup")
+    if as_json:
+        emit_json(out)
+        return
+    click.echo(f"backed up {_plural(out['identities'], 'person', 'people')}, {_plural(out['images'], 'photo')} "
+               f"({out['stored_images']} stored copies, {_size(out['bytes'])}) to {out['path']}")
 
 
 @click.command()
@@ -253,35 +356,57 @@ def status(home, as_json):
     if as_json:
         emit_json(info)
         return
-    _print_tree(info)
+    m, c, ix, op, cons = info["model"], info["counts"], info["index"], info["operating_point"], info["consistency"]
+    sync = ix.get("last_sync") or {}
+    loaded = ("rebuilt from SQLite: " + str(sync.get("reason"))) if sync.get("source") == "rebuilt" else "loaded from its file"
+    lines = [
+        ("home", f"{info['home']} (schema {info['schema_version']}, photo copies {'kept' if info['keep_images'] else 'not kept'})"),
+        ("model", f"{m['model_id']} (embedding size {m['dim']}) from {m['model_dir'] or 'an injected embedder'}"),
+        ("people", f"{c['identities']} ({c['images']} photos, {c['embeddings']} embeddings, {c['stored_images']} stored copies)"),
+        ("index", f"{ix['vectors']} vectors, generation {ix['generation']}; {loaded}"),
+        ("identify", f"threshold {fmt(op['threshold'], 4)} for {op['gallery_size']} people (target: "
+                     f"{op['target_far'] * 100:g}% of strangers wrongly accepted"
+                     + (f", margin {op['margin']:g})" if op['margin'] else ")")),
+        ("", op["method"]),
+        ("verify", f"pair threshold {fmt(m['threshold'], 4)}" + (f" ({m['threshold_method']})" if m.get("threshold_method") else "")),
+        ("consistency", "ok" if cons["ok"] else f"{_plural(len(cons['problems']), 'problem')} (run check)"),
+    ]
+    for key, value in lines:
+        click.echo(f"{key + (':' if key else ''):13}{value}")
+    for p in cons["problems"]:
+        click.echo(f"  - {p}")
 
 
-@click.command()
+@click.command(epilog="Exit status 1 when problems are found and not (all) repaired.")
 @click.option("--repair", is_flag=True, help="Fix what is found: rebuild the FAISS index from SQLite, drop orphan files.")
 @home_option
 @json_option
 @handle_errors
 def check(repair, home, as_json):
-    """Verify that SQLite, the FAISS index and the stored photos agree."""
-    with open_index(home) as index:
+    """Verify that SQLite, the FAISS index and the stored photos agree (changes nothing without --repair)."""
+    # sync=False: look at the FAISS file as it is on disk; a normal open would quietly rebuild it.
+    with open_index(home, sync=False) as index:
         report = index.check(repair=repair)
     if as_json:
         emit_json(report)
     else:
-        _print_tree(report)
-    if report.get("problems") and not report.get("repaired"):
-        raise SystemExit(1)
-
-
-def _print_tree(obj, indent: int = 0) -> None:
-    for key, value in obj.items():
-        if isinstance(value, dict):
-            click.echo(" " * indent + f"{key}:")
-            _print_tree(value, indent + 2)
-        elif isinstance(value, list):
-            click.echo(" " * indent + f"{key}: " + (", ".join(str(v) for v in value) if value else "none"))
+        n = report["checked"]
+        click.echo(f"checked {_plural(n['images'], 'photo')}, {_plural(n['embeddings'], 'embedding')}, "
+                   f"{_plural(n['stored_files'], 'stored copy', 'stored copies')}")
+        for p in report["problems"]:
+            click.echo(f"problem: {p['kind']}: {p['detail']}")
+        for r in report["repaired"]:
+            click.echo(f"repaired: {r}")
+        if report["ok"]:
+            click.echo("ok")
+        elif repair:
+            for u in report["unrepaired"]:
+                click.echo(f"not repaired: {u}")
+            click.echo("repaired" if not report["unrepaired"] else "some problems need a person (see above)")
         else:
-            click.echo(" " * indent + f"{key}: {fmt(value, 4)}")
+            click.echo(f"{_plural(len(report['problems']), 'problem')} found; run check --repair to fix them")
+    if report["unrepaired"]:
+        _exit(1)
 
 
 COMMANDS = [enroll, enroll_dir, identify, verify, people, backup, status, check]

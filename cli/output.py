@@ -17,7 +17,7 @@ def quiet_tensorflow() -> None:
 
 
 def handle_errors(fn):
-    """Turn library errors into a one-line message and exit status 1 (never a traceback)."""
+    """Turn library and operating-system errors into a one-line message and exit status 1 (never a traceback)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -27,6 +27,11 @@ def handle_errors(fn):
             return fn(*args, **kwargs)
         except SiameseIndexError as e:
             raise click.ClickException(str(e)) from e
+        except BrokenPipeError:  # `... | head`: click exits quietly
+            raise
+        except OSError as e:  # a folder that cannot be written, a full disk, ...
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            raise click.ClickException(f"{where}{e.strerror or e}") from e
 
     return wrapper
 

@@ -46,19 +46,35 @@ class EpochReport:
     seconds: float
 
 
-def _pk_batches(labels: np.ndarray, p: int, k: int, rng: np.random.Generator):
-    """Endless batches of p identities x up to k images; identities with 2+ images drawn first."""
+def _pk_batches(labels: np.ndarray, p: int, k: int, rng: np.random.Generator, groups: list[str] | None = None):
+    """Endless batches of p identities x up to k images; identities with 2+ images drawn first.
+
+    With groups (Omniglot's alphabets), each batch takes as many identities as it can from one
+    group before filling up from the rest: impostors from the same alphabet are the hard ones,
+    and telling them apart is exactly the within-alphabet one-shot task.
+    """
     rows_of = [np.flatnonzero(labels == l) for l in np.unique(labels)]
-    multi = [r for r in rows_of if len(r) >= 2]
+    multi = [i for i, r in enumerate(rows_of) if len(r) >= 2]
     singles = np.concatenate([r for r in rows_of if len(r) < 2] or [np.zeros(0, np.int64)])
     if len(multi) < 2:
         raise InvalidData("training needs at least two identities with two or more images")
     p = min(p, len(multi))
+    by_group: dict[str, list[int]] = {}
+    if groups is not None:
+        for i in multi:
+            by_group.setdefault(groups[i], []).append(i)
+    group_lists = [g for g in by_group.values() if len(g) >= 2] if len(by_group) > 1 else []
     while True:
-        chosen = rng.choice(len(multi), size=p, replace=False)
+        if group_lists:
+            members = group_lists[rng.integers(len(group_lists))]
+            first = rng.choice(members, size=min(p, len(members)), replace=False)
+            rest = np.setdiff1d(multi, first)
+            chosen = np.concatenate([first, rng.choice(rest, size=p - len(first), replace=False)])
+        else:
+            chosen = rng.choice(multi, size=p, replace=False)
         batch = []
         for c in chosen:
-            rows = multi[c]
+            rows = rows_of[c]
             batch.extend(rng.choice(rows, size=min(k, len(rows)), replace=False))
         if len(singles):
             # Single-image identities can only be impostors: a few per batch.
@@ -102,7 +118,7 @@ def train(
     if opt.mode == "batch":
         net = keras.Sequential([aug, tower]) if aug is not None else tower
         net.compile(optimizer=optimizer, loss=batch_contrastive_loss(opt.margin))
-        batches = _pk_batches(train_set.labels, opt.identities_per_batch, opt.images_per_identity, rng)
+        batches = _pk_batches(train_set.labels, opt.identities_per_batch, opt.images_per_identity, rng, train_set.groups)
 
         def gen():
             for rows in batches:
