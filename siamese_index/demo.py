@@ -1,7 +1,7 @@
 """`siamese-index demo`: the whole job end to end on synthetic people made on the spot.
 
-No data set and no network: the "people" are procedurally drawn patterns of shapes (each
-person a fixed arrangement, each photo shifted, re-lit and noised). A small tower is trained
+No data set and no network: the "people" are procedurally drawn cartoon faces (each person
+a fixed set of proportions, each photo moved, re-lit and noised). A small tower is trained
 on 40 such people, then 8 others are enrolled, looked up one-shot, verified, and strangers
 are refused as unknown.
 """
@@ -13,10 +13,10 @@ from typing import Callable
 from .datasets import load_dataset
 from .images import Preprocessing
 from .index import SiameseIndex
-from .synthetic import identity_image, make_identity_folder
+from .synthetic import cartoon_face, make_face_folder
 from .training import TrainOptions, train
 
-TRAIN_PEOPLE, STAFF, STRANGERS = 40, 8, 4
+TRAIN_PEOPLE, STAFF, STRANGERS = 60, 8, 4
 
 
 def run_demo(workdir: Path, say: Callable[[str], None] = lambda _: None) -> dict:
@@ -24,10 +24,10 @@ def run_demo(workdir: Path, say: Callable[[str], None] = lambda _: None) -> dict
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     prep = Preprocessing(24, 24, 1)
-    say(f"1. drawing {TRAIN_PEOPLE} synthetic training people (6 photos each) in {workdir / 'train'}")
-    train_root = make_identity_folder(workdir / "train", identities=TRAIN_PEOPLE, per_identity=6, size=32)
-    say("2. training a small seed-conv tower on them (contrastive loss; a quarter of them held out to calibrate)")
-    options = TrainOptions(arch="seed-conv", epochs=12, seed=0, val_fraction=0.25, identities_per_batch=12,
+    say(f"1. drawing {TRAIN_PEOPLE} synthetic cartoon-face people (5 photos each) in {workdir / 'train'}")
+    train_root = make_face_folder(workdir / "train", identities=TRAIN_PEOPLE, per_identity=5, size=32)
+    say("2. training a small facenet-s tower on them (contrastive loss; a quarter of them held out to calibrate)")
+    options = TrainOptions(arch="facenet-s", epochs=12, seed=0, val_fraction=0.25, identities_per_batch=12,
                            images_per_identity=4, steps_per_epoch=12, learning_rate=3e-3, augmentation="none")
     config = train(load_dataset(train_root, prep), workdir / "tower", options, prep, source="demo synthetic people")
     say(f"   threshold {config.threshold:.3f}; held-out verification accuracy {config.metrics['validation']['accuracy']:.3f}")
@@ -35,7 +35,7 @@ def run_demo(workdir: Path, say: Callable[[str], None] = lambda _: None) -> dict
     def photo(person: int, variant: int, folder: str) -> Path:
         path = workdir / folder / f"person{person}_{variant}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        identity_image(person, variant, 32).save(path)
+        cartoon_face(person, variant, 32).save(path)
         return path
 
     staff = range(1000, 1000 + STAFF)  # people the tower never saw

@@ -101,3 +101,18 @@ def test_margin_rule():
     assert is_known(0.2, None, 0.4, margin=0.1)  # a single identity: no second to compare
     assert operating_point(0.5, 3, margin=0.05).margin == 0.05
     assert math.isclose(operating_point(0.5, 3).to_dict()["threshold"], 0.5)
+
+
+def test_gallery_check_samples_strangers_in_large_galleries():
+    import numpy as np
+
+    from siamese_index.calibration import leave_one_identity_out_minima
+
+    x = np.random.default_rng(0).normal(size=(300, 16)).astype("float32")
+    labels = np.arange(300) // 3  # 100 identities
+    full = leave_one_identity_out_minima(x, labels)
+    sampled = leave_one_identity_out_minima(x, labels, max_identities=50, seed=0)
+    chosen = np.sort(np.random.default_rng(0).choice(100, 50, replace=False))
+    assert len(full) == 100 and len(sampled) == 50
+    # Each sampled stranger's minimum is exact: computed against the whole gallery.
+    assert np.allclose(sampled, full[chosen], atol=1e-5)
