@@ -9,6 +9,8 @@ A home holds:
     index.faiss(.stamp.json) the FAISS cache, rebuilt from SQLite whenever it does not match
     images/ab/abcdef...ext   content-addressed copies of enrolled photos (unless keep_images=False)
     write.lock               the cross-process writer lock
+    models/<version>/        model versions made by retrain or reembed (see versions.py)
+    version.lock             held while a retrain or a version switch runs
 
 Distances are plain L2 everywhere. Writers serialize on the lock; readers never block. The
 library never prints and never configures logging.
@@ -65,7 +67,8 @@ EMBED_BATCH = 256
 MAX_ID_LENGTH = 200
 MAX_FILE_BYTES = int(os.environ.get("SIAMESE_INDEX_MAX_FILE_BYTES", 256 * 1024 * 1024))
 MIN_HASH_PREFIX = 6
-_HOME_NAMES = (DB_NAME, LOCK_NAME, IMAGES_DIR, INDEX_NAME, PENDING_NAME.lstrip("."))
+_HOME_NAMES = (DB_NAME, LOCK_NAME, IMAGES_DIR, INDEX_NAME, PENDING_NAME.lstrip("."), "models", "version.lock",
+               "near-cache")
 _FORMAT_EXT = {"JPEG": ".jpg", "PNG": ".png", "PPM": ".pnm", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif",
                "GIF": ".gif", "HEIF": ".heic", "MPO": ".jpg"}
 
@@ -73,6 +76,10 @@ _FORMAT_EXT = {"JPEG": ".jpg", "PNG": ".png", "PPM": ".pnm", "BMP": ".bmp", "WEB
 # ---------------------------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------------------------
+class _ModelSwitched(Exception):
+    """Internal: the active model version changed between embedding and writing."""
+
+
 @dataclass
 class _Source:
     label: str
@@ -233,6 +240,12 @@ def _unlink_copy(path: Path) -> bool:
     return True
 
 
+def _model_path(home: Path | None, model_dir) -> Path:
+    """A recorded model directory: absolute, or (a version kept in the home) relative to the home."""
+    p = Path(model_dir)
+    return p if p.is_absolute() or home is None else Path(home) / p
+
+
 @dataclass
 class _ModelInfo:
     model_id: str
@@ -312,7 +325,7 @@ class SiameseIndex:
     @classmethod
     def open(cls, home=None, model=None, embedder=None, create: bool = True, keep_images: bool | None = None,
              target_far: float = calibration.DEFAULT_TARGET_FAR, margin: float = 0.0,
-             lock_timeout: float = 60.0) -> "SiameseIndex":
+             lock_timeout: float = 60.0, sync: bool = True) -> "SiameseIndex":
         """Open (or, with create=True, create) the home at `home` (see config.resolve_home).
 
         A new home records its model: `embedder` if given, else the model directory `model`
@@ -324,6 +337,9 @@ class SiameseIndex:
         recorded when the home is created (None means True). On an existing home, None and True
         follow the recorded setting (a home created without copies never starts keeping them),
         while False stops keeping copies for this session.
+        sync: load the FAISS index now (rebuilding and saving it when it is missing, stale or
+        corrupt). With sync=False it is loaded on first use instead, so that check() sees the
+        file as it is on disk rather than after open has quietly rebuilt it.
         Raises NotFound when the home does not exist and create is False.
         """
         if not 0.0 < float(target_far) < 1.0:
@@ -367,7 +383,8 @@ class SiameseIndex:
             idx = cls(home=home, db=db, model_row=row, info=info, embedder=embedder,
                       keep_images=keep_default and keep_images is not False,
                       target_far=target_far, margin=margin)
-            idx.refresh()
+            if sync:
+                idx.refresh()
         except BaseException:
             db.close()
             raise
@@ -393,7 +410,8 @@ class SiameseIndex:
                               "threshold_method": info.threshold_method}
                     txn.conn.execute(insert(model_versions).values(
                         model_id=info.model_id, model_dir=info.model_dir, dim=info.dim, threshold=info.threshold,
-                        parent=None, created_at=now_iso(), active=1, scores=json.dumps(scores)))
+                        parent=None, created_at=now_iso(), active=1, activated_at=now_iso(),
+                        scores=json.dumps(scores)))
                     Database.set_meta(txn.conn, "keep_images", "0" if keep_images is False else "1")
                     Database.set_meta(txn.conn, "created_at", now_iso())
                     row = txn.conn.execute(select(model_versions).where(model_versions.c.active == 1)).one()
@@ -403,10 +421,10 @@ class SiameseIndex:
             raise ModelMismatch(
                 f"this home was built with model {row.model_id} (embedding size {row.dim}); the given model is "
                 f"{info.model_id} (embedding size {info.dim}). Open it without a model to use its own, "
-                f"or move the home to the new model with retrain"
+                f"or move the home to the new model with reembed --model"
             )
         if info is None:
-            info = cls._recorded_info(row)
+            info = cls._recorded_info(row, db.path.parent)
         if (db.path.parent / PENDING_NAME).exists():
             try:  # only when no writer is active: a live enrollment owns its pending copies
                 db.lock.acquire(timeout=0)
@@ -417,10 +435,16 @@ class SiameseIndex:
                     _recover_pending_copies(db)
                 finally:
                     db.lock.release()
+        try:  # what an interrupted retrain or activation left behind (skipped while one runs)
+            from .versions import cleanup_leftovers
+
+            cleanup_leftovers(db, db.path.parent)
+        except Exception:  # noqa: BLE001 - never stop a home from opening; the next open tries again
+            log.exception("could not clean up after an interrupted retrain or activation")
         return row, keep != "0", info
 
     @staticmethod
-    def _recorded_info(row) -> _ModelInfo:
+    def _recorded_info(row, home: Path | None = None) -> _ModelInfo:
         """The recorded model's calibration: its config.json when readable (cheap), else the record."""
         scores = json.loads(row.scores or "{}")
         info = _ModelInfo(row.model_id, int(row.dim), row.threshold, row.model_dir,
@@ -429,7 +453,7 @@ class SiameseIndex:
             try:
                 from .modeldir import read_config
 
-                cfg = read_config(Path(row.model_dir))
+                cfg = read_config(_model_path(home, row.model_dir))
             except (ModelError, OSError):
                 return info
             if cfg.model_id == row.model_id and int(cfg.embedding_dim) == int(row.dim):
@@ -443,7 +467,7 @@ class SiameseIndex:
                 return self._embedder
             from .embedder import KerasEmbedder
 
-            candidates = [Path(p) for p in (self._model_dir_hint, self.model_dir) if p]
+            candidates = [_model_path(self.home, p) for p in (self._model_dir_hint, self.model_dir) if p]
             if self.model_dir:
                 candidates.append(MODELS_DIR / Path(self.model_dir).name)
             found = next((p for p in candidates if p.is_dir()), None)
@@ -503,13 +527,50 @@ class SiameseIndex:
         return np.asarray(ids, np.int64), np.stack(vecs)
 
     def _sync(self, conn: Connection, counter: int) -> dict:
-        """Make the in-memory index describe SQLite as `conn` sees it (caller holds self._lock)."""
+        """Make the in-memory index describe SQLite as `conn` sees it (caller holds self._lock),
+        following a switch of the active model version (see versions.activate)."""
+        active = conn.execute(select(model_versions).where(model_versions.c.active == 1)).first()
+        if active is not None and int(active.id) != self._mv:
+            self._adopt(active)
         generation = int(Database.get_meta(conn, "index_generation", "1"))
         vi, info = load_or_rebuild(self.index_path, model_id=self.model_id, dim=self.dim, generation=generation,
                                    expected_ids=self._active_ids(conn), fetch=lambda: self._fetch_vectors(conn))
         self._vectors, self._synced, self._generation, self._sync_info = vi, counter, generation, info
         self._op_cache = None
         return info
+
+    def _adopt(self, row, embedder=None) -> None:
+        """Serve model version `row` from now on (caller holds self._lock; _sync loads its vectors):
+        queries are then embedded by its tower and searched among its vectors only."""
+        info = self._recorded_info(row, self.home)
+        log.info("model version %d (%s) is now the home's model", row.id, row.model_id)
+        self._mv = int(row.id)
+        self.model_id, self.dim, self.model_dir = row.model_id, int(row.dim), row.model_dir
+        self.threshold = info.threshold
+        self._far_table = info.metrics.get("impostor_far_table")
+        self._model_dir_hint = None
+        self._embedder = embedder if embedder is not None and embedder.model_id == row.model_id else None
+        self._vectors, self._synced, self._op_cache = None, -1, None
+
+    def _after_switch(self, embedder=None) -> None:
+        """After a committed version switch (caller holds the writer lock): adopt the new version,
+        rebuild FAISS from its vectors and save it."""
+        with self._lock:
+            with self._db.read() as conn:
+                active = conn.execute(select(model_versions).where(model_versions.c.active == 1)).one()
+                if int(active.id) != self._mv:
+                    self._adopt(active, embedder)
+                elif embedder is not None and self._embedder is None and embedder.model_id == self.model_id:
+                    self._embedder = embedder
+                self._sync(conn, Database.get_counter(conn))
+            self._save_index()
+
+    def _model_snapshot(self):
+        """(version, embedder) of the active model, taken together after a refresh: a caller that
+        embeds with this embedder must search only that version's vectors."""
+        self.refresh()
+        with self._lock:
+            return self._mv, self._get_embedder()
 
     def _save_index(self) -> None:
         """Save the in-memory index (caller holds the writer lock and self._lock)."""
@@ -581,23 +642,25 @@ class SiameseIndex:
             raise InvalidData("this SiameseIndex is closed")
 
     # -- embedding -----------------------------------------------------------------------------
-    def _embed(self, arrays: list[np.ndarray]) -> np.ndarray:
+    def _embed(self, arrays: list[np.ndarray], embedder=None) -> np.ndarray:
+        embedder = embedder if embedder is not None else self._get_embedder()
+        dim = int(embedder.dim)
         if not arrays:
-            return np.zeros((0, self.dim), np.float32)
-        embedder = self._get_embedder()
+            return np.zeros((0, dim), np.float32)
         out = []
         for start in range(0, len(arrays), EMBED_BATCH):
             v = np.asarray(embedder.embed_batch(np.stack(arrays[start : start + EMBED_BATCH])), dtype=np.float32)
             out.append(v)
         vecs = np.concatenate(out)
-        if vecs.shape != (len(arrays), self.dim):
-            raise ModelError(f"the model returned vectors of shape {vecs.shape}, expected ({len(arrays)}, {self.dim})")
+        if vecs.shape != (len(arrays), dim):
+            raise ModelError(f"the model returned vectors of shape {vecs.shape}, expected ({len(arrays)}, {dim})")
         if not np.isfinite(vecs).all():
             raise ModelError("the model returned non-finite embeddings")
         return vecs
 
-    def _prepare(self, src: _Source, strict_face: bool) -> tuple[np.ndarray, list[str]]:
-        arr, warnings = self._get_embedder().prepare(src.data, name=src.label, strict_face=strict_face)
+    def _prepare(self, src: _Source, strict_face: bool, embedder=None) -> tuple[np.ndarray, list[str]]:
+        embedder = embedder if embedder is not None else self._get_embedder()
+        arr, warnings = embedder.prepare(src.data, name=src.label, strict_face=strict_face)
         return arr, list(warnings or [])
 
     # -- search --------------------------------------------------------------------------------
@@ -614,13 +677,14 @@ class SiameseIndex:
         return out
 
     def _search_identities(self, vectors: np.ndarray, want: int, exclude: str | None = None,
-                           conn: Connection | None = None) -> list[list[Match]]:
+                           conn: Connection | None = None, vi: VectorIndex | None = None) -> list[list[Match]]:
         """Per query, up to `want` distinct identities, nearest first (an identity's distance is its
-        nearest image). Every hit is joined back to SQLite: hits for deleted images are dropped."""
+        nearest image). Every hit is joined back to SQLite: hits for deleted images are dropped.
+        vi: the FAISS index to search (default: the current one)."""
         q = np.asarray(vectors, dtype=np.float32)
         results: list[list[Match] | None] = [None] * len(q)
         with self._lock:
-            vi = self._vectors
+            vi = self._vectors if vi is None else vi
             n = vi.ntotal if vi is not None else 0
         if n == 0:
             return [[] for _ in range(len(q))]
@@ -697,28 +761,39 @@ class SiameseIndex:
             first_of[src.sha256] = pos
             new.append((pos, src))
 
-        with self._db.read() as conn:
-            existing = self._images_by_hash(conn, external_id)
-            row = conn.execute(select(identities).where(identities.c.external_id == external_id)).first()
-        todo: list[tuple[int, _Source, np.ndarray, list[str]]] = []
-        for pos, src in new:
-            if src.sha256 in existing:
-                results[pos] = EnrollResult(src.label, "exists", image_id=existing[src.sha256], identity=external_id)
-                continue
-            try:
-                arr, warnings = self._prepare(src, strict_face=not allow_no_face)
-            except InvalidImage as e:
-                results[pos] = EnrollResult(src.label, "failed", reason=e.reason, identity=external_id)
-                continue
-            todo.append((pos, src, arr, warnings))
-        vectors = self._embed([t[2] for t in todo])
+        for attempt in range(3):  # again when another process switches the model meanwhile
+            mv, embedder = self._model_snapshot()
+            with self._db.read() as conn:
+                existing = self._images_by_hash(conn, external_id)
+                row = conn.execute(select(identities).where(identities.c.external_id == external_id)).first()
+            todo: list[tuple[int, _Source, np.ndarray, list[str]]] = []
+            for pos, src in new:
+                if src.sha256 in existing:
+                    results[pos] = EnrollResult(src.label, "exists", image_id=existing[src.sha256],
+                                                identity=external_id)
+                    continue
+                try:
+                    arr, warnings = self._prepare(src, strict_face=not allow_no_face, embedder=embedder)
+                except InvalidImage as e:
+                    results[pos] = EnrollResult(src.label, "failed", reason=e.reason, identity=external_id)
+                    continue
+                todo.append((pos, src, arr, warnings))
+            self._warn_near_duplicates(external_id, todo)
+            vectors = self._embed([t[2] for t in todo], embedder)
 
-        identity_changes = row is not None and (
-            (name is not None and name != row.name)
-            or (meta is not None and _merge_meta(json.loads(row.meta or "{}"), meta) != json.loads(row.meta or "{}")))
-        usable = bool(todo) or any(r is not None and r.status == "exists" for r in results)
-        if todo or (identity_changes and usable):  # when every file fails, nothing changes at all
-            self._enroll_write(external_id, name, meta, todo, vectors, results)
+            identity_changes = row is not None and (
+                (name is not None and name != row.name)
+                or (meta is not None
+                    and _merge_meta(json.loads(row.meta or "{}"), meta) != json.loads(row.meta or "{}")))
+            usable = bool(todo) or any(r is not None and r.status == "exists" for r in results)
+            if todo or (identity_changes and usable):  # when every file fails, nothing changes at all
+                try:
+                    self._enroll_write(external_id, name, meta, todo, vectors, results, mv=mv)
+                except _ModelSwitched:
+                    if attempt == 2:
+                        raise Busy("the home's model version kept changing during this enrollment; try again") from None
+                    continue
+            break
         for pos, first in same_as.items():
             r, f = results[pos], results[first]
             if f.status == "failed":
@@ -727,6 +802,26 @@ class SiameseIndex:
                 results[pos] = EnrollResult(r.path, "exists", image_id=f.image_id, reason=r.reason,
                                             identity=external_id)
         return results  # type: ignore[return-value]
+
+    def _warn_near_duplicates(self, external_id: str, todo: list) -> None:
+        """Warn on each new photo that is the same picture (dedup's near level) as one enrolled
+        under ANOTHER id. Best effort: this check never fails an enrollment."""
+        if not todo:
+            return
+        try:
+            from .dedup import enrolled_near_duplicates
+
+            with self._db.read() as conn:
+                others = conn.execute(
+                    select(images.c.content_sha256, images.c.stored_path, identities.c.external_id)
+                    .join(identities, identities.c.id == images.c.identity_id)
+                    .where(identities.c.external_id != external_id)).all()
+            found = enrolled_near_duplicates(self.home, [(t[1].label, t[1].data, t[1].sha256) for t in todo], others)
+        except Exception as e:  # noqa: BLE001
+            log.warning("near-duplicate check skipped: %s", e)
+            return
+        for (_pos, _src, _arr, warnings), extra in zip(todo, found):
+            warnings.extend(extra)
 
     def _images_by_hash(self, conn: Connection, external_id: str) -> dict[str, int]:
         rows = conn.execute(
@@ -751,7 +846,7 @@ class SiameseIndex:
         _fsync_write(path, src.data)
         return rel, True
 
-    def _enroll_write(self, external_id, name, meta, todo, vectors, results) -> None:
+    def _enroll_write(self, external_id, name, meta, todo, vectors, results, mv: int | None = None) -> None:
         created_files: list[Path] = []
         added_ids: list[int] = []
         added_vecs: list[np.ndarray] = []
@@ -766,6 +861,8 @@ class SiameseIndex:
                 with self._db.write() as txn:
                     conn = txn.conn
                     self._sync_in_txn(txn)
+                    if mv is not None and self._mv != mv:  # embedded by a tower that no longer serves
+                        raise _ModelSwitched()
                     now = now_iso()
                     row = conn.execute(select(identities).where(identities.c.external_id == external_id)).first()
                     if row is None:
@@ -913,21 +1010,37 @@ class SiameseIndex:
         if int(k) < 1:
             raise InvalidData(f"k must be >= 1, got {k}")
         sources = _as_list(sources)
-        labels, arrays, warnings, errors = [], [], [], {}
-        for pos, source in enumerate(sources):
+        read: list = []
+        for source in sources:
             try:
-                src = _read_source(source)
-                arr, warn = self._prepare(src, strict_face=False)
+                read.append(_read_source(source))
             except InvalidImage as e:
-                labels.append(e.path)
-                errors[pos] = e.reason
-                continue
-            labels.append(src.label)
-            arrays.append(arr)
-            warnings.append(warn)
-        vectors = self._embed(arrays)
-        answered = self.identify_vectors(vectors, k=k, threshold=threshold, margin=margin,
-                                         labels=[lab for i, lab in enumerate(labels) if i not in errors])
+                read.append(e)
+        for _attempt in range(3):
+            # The query is embedded by the version whose vectors it is searched among: when the
+            # home switches models in between, the lookup starts again with the new tower.
+            mv, embedder = self._model_snapshot()
+            labels, arrays, warnings, errors = [], [], [], {}
+            for pos, src in enumerate(read):
+                try:
+                    if isinstance(src, InvalidImage):
+                        raise src
+                    arr, warn = self._prepare(src, strict_face=False, embedder=embedder)
+                except InvalidImage as e:
+                    labels.append(e.path)
+                    errors[pos] = e.reason
+                    continue
+                labels.append(src.label)
+                arrays.append(arr)
+                warnings.append(warn)
+            vectors = self._embed(arrays, embedder)
+            answered = self._identify_vectors(vectors, k=k, threshold=threshold, margin=margin,
+                                              labels=[lab for i, lab in enumerate(labels) if i not in errors],
+                                              expect_version=mv)
+            if answered is not None:
+                break
+        else:
+            raise Busy("the home's model version kept changing during this lookup; try again")
         if answered:
             t = answered[0].threshold
         else:
@@ -946,11 +1059,23 @@ class SiameseIndex:
     def identify_vectors(self, vectors, k: int = 5, threshold: float | None = None, margin: float | None = None,
                          labels: Sequence[str] | None = None) -> list[Identification]:
         """identify() for embeddings already computed with this home's model ((n, dim) float32)."""
+        return self._identify_vectors(vectors, k, threshold, margin, labels)
+
+    def _identify_vectors(self, vectors, k: int = 5, threshold: float | None = None, margin: float | None = None,
+                          labels: Sequence[str] | None = None,
+                          expect_version: int | None = None) -> list[Identification] | None:
+        """identify_vectors(); with expect_version, None when another version serves by now (the
+        vectors then came from the wrong tower). The FAISS index searched, the threshold and the
+        version are one snapshot: a lookup never mixes two models' vectors."""
         self._check_open()
         q = np.asarray(vectors, dtype=np.float32)
+        self.refresh()
+        with self._lock:
+            mv, vi = self._mv, self._vectors
+        if expect_version is not None and mv != expect_version:
+            return None
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise InvalidData(f"vectors of shape {q.shape} do not fit this home's embedding size {self.dim}")
-        self.refresh()
         if threshold is None:
             op = self.operating_point(margin=margin)
             t = op.threshold
@@ -959,7 +1084,12 @@ class SiameseIndex:
         else:
             t = float(threshold)
         m = self.margin if margin is None else float(margin)
-        found = self._search_identities(q, max(int(k), 2))
+        found = self._search_identities(q, max(int(k), 2), vi=vi)
+        with self._lock:
+            if self._mv != mv:  # switched while searching: the threshold may be the other model's
+                if expect_version is not None:
+                    return None
+                raise Busy("the home's model version changed during this lookup; try again")
         out = []
         for i, cands in enumerate(found):
             label = labels[i] if labels is not None else f"#{i}"
@@ -1229,6 +1359,7 @@ class SiameseIndex:
                 problem("database", p)
                 unrepaired.append(f"database: {p} (restore a backup)")
             with self._db.read() as conn:
+                counter = Database.get_counter(conn)
                 generation = int(Database.get_meta(conn, "index_generation", "1"))
                 sqlite_ids = self._active_ids(conn)
                 emb_rows = conn.execute(select(embeddings.c.image_id, embeddings.c.vector)
@@ -1252,9 +1383,9 @@ class SiameseIndex:
                     problem("index_file", reason)
             except IndexStale as e:
                 problem("index_file", str(e))
-            with self._lock:
-                mem = self._vectors.ids() if self._vectors is not None else None
-            if mem is None or id_set_sha256(mem) != id_set_sha256(np.setdiff1d(sqlite_ids, bad_emb)):
+            with self._lock:  # not loaded yet (open(sync=False)), or behind another writer: nothing to compare
+                mem = self._vectors.ids() if self._vectors is not None and self._synced == counter else None
+            if mem is not None and id_set_sha256(mem) != id_set_sha256(np.setdiff1d(sqlite_ids, bad_emb)):
                 problem("index_memory", "the loaded FAISS index does not hold SQLite's vectors")
             # Stored copies.
             referenced: dict[str, str] = {}
@@ -1388,6 +1519,11 @@ class SiameseIndex:
                         continue
                     copied.add(rel)
                     total += dst.stat().st_size
+                # The model versions kept in the home (retrain, reembed): model_dir "models/N".
+                for (rel,) in conn.execute("SELECT model_dir FROM model_versions WHERE model_dir LIKE 'models/%'"):
+                    if ".." not in Path(rel).parts and (self.home / rel).is_dir():
+                        shutil.copytree(self.home / rel, tmp / rel)
+                        total += sum(f.stat().st_size for f in (tmp / rel).rglob("*") if f.is_file())
                 conn.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
             finally:
                 conn.close()
@@ -1421,12 +1557,16 @@ def verify_files(a, b, home=None, model=None, threshold: float | None = None, em
     """Verify two images without a home being needed: with `embedder` or `model` (a model
     directory or name, see config.resolve_model_dir) when given; else with the recorded model of
     the home at `home` (config.resolve_home) when that home exists; else with the default model.
-    No home is created and nothing is enrolled."""
-    if embedder is None and model is None:
+    A `home` given explicitly that exists is always opened, so a model that differs from its
+    recorded one raises ModelMismatch; one that does not exist raises NotFound unless a model or
+    embedder is given. No home is created and nothing is enrolled."""
+    if home is not None or (embedder is None and model is None):
         h = resolve_home(home)
         if (h / DB_NAME).exists():
-            with SiameseIndex.open(h, create=False) as idx:
+            with SiameseIndex.open(h, model=model, embedder=embedder, create=False, sync=False) as idx:
                 return idx.verify(a, b, threshold)
+        if home is not None and embedder is None and model is None:
+            raise NotFound(f"no siamese-index home at {h} (pass the right --home, or --model to verify without one)")
     if embedder is None:
         from .embedder import KerasEmbedder
 

@@ -100,6 +100,7 @@ model_versions = Table(
     Column("created_at", Text, nullable=False),
     Column("active", Integer, nullable=False),
     Column("scores", Text, nullable=False),  # JSON: calibration and evaluation figures
+    Column("activated_at", Text),  # last activation; NULL = never served (its embeddings are leftovers)
 )
 
 embeddings = Table(
@@ -120,6 +121,21 @@ api_keys = Table(
     Column("key_hash", Text, nullable=False, unique=True),
     Column("created_at", Text, nullable=False),
     Column("revoked_at", Text),
+)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("identity_id", Integer, ForeignKey("identities.id", ondelete="CASCADE"), nullable=False),
+    Column("label", Integer, nullable=False),  # 1: the query IS this identity; 0: it is NOT
+    Column("query_sha256", Text, nullable=False),
+    Column("query_name", Text),
+    Column("query_image", LargeBinary, nullable=False),  # the query photo itself (pairs need it)
+    Column("model_version", Integer, ForeignKey("model_versions.id")),  # the version that answered
+    Column("distance", Float),  # query to the identity's nearest image under that version
+    Column("created_at", Text, nullable=False),
+    UniqueConstraint("identity_id", "query_sha256"),
 )
 
 meta_table = Table(
@@ -204,8 +220,33 @@ def _migration_v1(conn: Connection) -> None:
         conn.exec_driver_sql(stmt)
 
 
+_V2 = [
+    "ALTER TABLE model_versions ADD COLUMN activated_at TEXT",
+    "UPDATE model_versions SET activated_at = created_at WHERE active = 1",
+    """CREATE TABLE feedback (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        identity_id INTEGER NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
+        label INTEGER NOT NULL CHECK (label IN (0, 1)),
+        query_sha256 TEXT NOT NULL,
+        query_name TEXT,
+        query_image BLOB NOT NULL,
+        model_version INTEGER REFERENCES model_versions(id),
+        distance REAL,
+        created_at TEXT NOT NULL,
+        UNIQUE (identity_id, query_sha256))""",
+    "CREATE INDEX ix_feedback_identity ON feedback(identity_id)",
+]
+
+
+def _migration_v2(conn: Connection) -> None:
+    """Version 2 (retraining): when each model version last started serving (NULL: never), and
+    operators' corrections of identify answers."""
+    for stmt in _V2:
+        conn.exec_driver_sql(stmt)
+
+
 # Ordered: MIGRATIONS[n - 1] brings a database from version n - 1 to n. Append, never edit.
-MIGRATIONS: list[Callable[[Connection], None]] = [_migration_v1]
+MIGRATIONS: list[Callable[[Connection], None]] = [_migration_v1, _migration_v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -355,10 +396,13 @@ class Database:
                 yield conn
 
     @contextmanager
-    def write(self, lock_timeout: float | None = None) -> Iterator[WriteTxn]:
+    def write(self, lock_timeout: float | None = None, bump: bool = True) -> Iterator[WriteTxn]:
         """Writer lock + BEGIN IMMEDIATE; bumps change_counter; commits when the block ends.
 
         An exception inside the block rolls everything back (the counter included).
+        bump=False is for writes that no reader of the active generation can see (embeddings of a
+        version not yet switched to, feedback rows, version records): readers then have nothing
+        to reload.
         """
         self.lock.acquire(lock_timeout)
         try:
@@ -368,8 +412,11 @@ class Database:
                         before = self.get_counter(conn)
                         txn = WriteTxn(conn, before)
                         yield txn
-                        txn.after = before + 1
-                        self.set_meta(conn, "change_counter", str(txn.after))
+                        if bump:
+                            txn.after = before + 1
+                            self.set_meta(conn, "change_counter", str(txn.after))
+                        else:
+                            txn.after = before
                 except sa_exc.OperationalError as e:
                     if _is_locked_error(e):
                         raise Busy(f"{self.path}: the database stayed locked by another program ({e.orig})") from e
