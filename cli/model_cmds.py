@@ -118,11 +118,13 @@ def train(data_dir, out, arch, epochs, seed, margin, mode, val_fraction, size, c
 @click.option("--tasks", default=400, show_default=True, type=click.IntRange(1), help="Number of N-way tasks.")
 @click.option("--identities", "include", multiple=True, help="Only identities matching this shell pattern (repeatable).")
 @click.option("--exclude", multiple=True, help="Leave out identities matching this shell pattern (repeatable).")
+@click.option("--held-out", is_flag=True, help="Only the identities the model held out of its training (recorded in its config).")
 @click.option("--plot", type=click.Path(path_type=Path), help="Write a PNG with the ROC curve and distance histograms.")
 @click.option("--pairs-figure", type=click.Path(path_type=Path), help="Write a PNG grid of sample pairs with their distances.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @handle_errors
-def evaluate(data_dir, model, pairs_file, pairs_root, seed, cap, n_way, tasks, include, exclude, plot, pairs_figure, as_json):
+def evaluate(data_dir, model, pairs_file, pairs_root, seed, cap, n_way, tasks, include, exclude, held_out, plot, pairs_figure,
+             as_json):
     """Measure a tower on DATA_DIR: verification, one-shot rank-1/5 and optional N-way."""
     if data_dir is None and pairs_file is None:
         raise click.UsageError("give DATA_DIR, --pairs FILE, or both")
@@ -134,6 +136,12 @@ def evaluate(data_dir, model, pairs_file, pairs_root, seed, cap, n_way, tasks, i
     from siamese_index.training import evaluate as run_evaluate
 
     embedder = KerasEmbedder(resolve_model_dir(model))
+    if held_out:
+        names = embedder.config.training.get("val_identity_names") or []
+        if not names:
+            raise click.UsageError(f"{embedder.model_dir} records no held-out identities")
+        # Names are matched literally: escape the shell-pattern characters they may contain.
+        include = tuple(include) + tuple(n.replace("[", "[[]").replace("*", "[*]").replace("?", "[?]") for n in names)
     data = None
     if data_dir is not None:
         data = load_dataset(data_dir, embedder.preprocessing, progress=_load_progress, include=include, exclude=exclude)

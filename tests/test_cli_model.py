@@ -111,3 +111,10 @@ def test_help_and_import_do_not_import_tensorflow():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_evaluate_held_out_uses_only_people_never_trained_on(cli_model):
+    root, out, result = cli_model
+    held_out = json.loads(result.stdout)["training"]["val_identity_names"]
+    report = json.loads(CliRunner().invoke(cli, ["evaluate", str(root), "--model", str(out), "--held-out", "--json"]).stdout)
+    assert report["one_shot"]["identities"] == len(held_out) == 3
