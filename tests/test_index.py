@@ -325,6 +325,25 @@ def test_refresh_sees_other_writers_and_stale_hits_are_dropped(index, make_image
         reader.close()
 
 
+def test_a_long_lived_reader_applies_other_writers_changes_incrementally(index, make_image, home):
+    reader = SiameseIndex.open(home, embedder=FakeEmbedder(), create=False)
+    try:
+        _enroll_people(index, make_image, [1, 2])
+        assert reader.identify([make_image(1, 3)])[0].match.id == "P1"
+        _enroll_people(index, make_image, [3])
+        assert reader.identify([make_image(3, 3)])[0].match.id == "P3"
+        assert reader._sync_info["source"] == "incremental" and reader._sync_info["added"] == 2
+        index.remove("P1")
+        [r] = reader.identify([make_image(1, 3)])
+        assert "P1" not in [c.id for c in r.candidates]
+        assert reader._sync_info == {"source": "incremental", "added": 0, "removed": 2}
+        ids, vecs = index._vectors.vectors()
+        rids, rvecs = reader._vectors.vectors()
+        assert sorted(ids.tolist()) == sorted(rids.tolist())  # the same index as the writer's
+    finally:
+        reader.close()
+
+
 # -- status, check, backup -----------------------------------------------------------------------
 def test_status(index, make_image):
     _enroll_people(index, make_image, range(3))
