@@ -37,6 +37,7 @@ from . import calibration
 from .calibration import OperatingPoint
 from .config import MODELS_DIR, resolve_home, resolve_model_dir
 from .errors import Busy, IndexStale, InvalidData, InvalidImage, ModelError, ModelMismatch, NotFound
+from .fsutil import atomic_write
 from .images import is_image_file
 from .storage.db import (
     DB_NAME,
@@ -185,24 +186,6 @@ def _unblob(blob: bytes, dim: int) -> np.ndarray | None:
 def _chunks(seq: Sequence, n: int = 500) -> Iterable[Sequence]:
     for i in range(0, len(seq), n):
         yield seq[i : i + n]
-
-
-def _fsync_write(path: Path, data: bytes) -> None:
-    """Write a file through a temporary name and a rename (mode 0600)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _recover_pending_copies(db: Database) -> list[str]:
@@ -866,7 +849,7 @@ class SiameseIndex:
             return rel, False
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         (self.home / IMAGES_DIR).chmod(0o700)
-        _fsync_write(path, src.data)
+        atomic_write(path, src.data, mode=0o600)
         return rel, True
 
     def _enroll_write(self, external_id, name, meta, todo, vectors, results, mv: int | None = None) -> None:
@@ -879,7 +862,7 @@ class SiameseIndex:
             if self.keep_images and todo:
                 # Say which copies are about to be written, so a crash before the commit leaves
                 # nothing behind once the home is opened again (see _recover_pending_copies).
-                _fsync_write(pending, "\n".join(self._copy_path(t[1]) for t in todo).encode())
+                atomic_write(pending, "\n".join(self._copy_path(t[1]) for t in todo).encode(), mode=0o600)
             try:
                 with self._db.write() as txn:
                     conn = txn.conn

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from cli.main import cli
 
-from siamese_index.synthetic import identity_image, make_identity_folder
+from siamese_index.synthetic import make_identity_folder
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import faiss
 import numpy as np
+
+from ..fsutil import atomic_write
 
 from ..errors import IndexStale
 from .db import now_iso
@@ -48,31 +48,6 @@ def id_set_sha256(ids) -> str:
 def stamp_path(index_path: Path) -> Path:
     index_path = Path(index_path)
     return index_path.with_name(index_path.name + ".stamp.json")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
 
 
 class VectorIndex:
@@ -175,8 +150,8 @@ class VectorIndex:
             "file_sha256": hashlib.sha256(data).hexdigest(),
             "saved_at": now_iso(),
         }
-        _atomic_write(path, data)
-        _atomic_write(stamp_path(path), (json.dumps(stamp, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write(path, data)
+        atomic_write(stamp_path(path), (json.dumps(stamp, indent=2, sort_keys=True) + "\n").encode())
         return stamp
 
     @classmethod
