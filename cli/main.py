@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from . import index_cmds, model_cmds
+from . import dedup_cmds, index_cmds, model_cmds, service_cmds, retrain_cmds
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,5 +16,6 @@ def cli():
     """
 
 
-for command in model_cmds.COMMANDS + index_cmds.COMMANDS:
+for command in (model_cmds.COMMANDS + index_cmds.COMMANDS + service_cmds.COMMANDS + retrain_cmds.COMMANDS
+                + dedup_cmds.COMMANDS):
     cli.add_command(command)

@@ -27,8 +27,8 @@ def run_demo(workdir: Path, say: Callable[[str], None] = lambda _: None) -> dict
     say(f"1. drawing {TRAIN_PEOPLE} synthetic cartoon-face people (5 photos each) in {workdir / 'train'}")
     train_root = make_face_folder(workdir / "train", identities=TRAIN_PEOPLE, per_identity=5, size=32)
     say("2. training a small facenet-s tower on them (contrastive loss; a quarter of them held out to calibrate)")
-    options = TrainOptions(arch="facenet-s", epochs=12, seed=0, val_fraction=0.25, identities_per_batch=12,
-                           images_per_identity=4, steps_per_epoch=12, learning_rate=3e-3, augmentation="none")
+    options = TrainOptions(arch="facenet-s", epochs=15, seed=0, val_fraction=0.25, identities_per_batch=16,
+                           images_per_identity=4, steps_per_epoch=15, learning_rate=3e-3, augmentation="none")
     config = train(load_dataset(train_root, prep), workdir / "tower", options, prep, source="demo synthetic people")
     say(f"   threshold {config.threshold:.3f}; held-out verification accuracy {config.metrics['validation']['accuracy']:.3f}")
 
@@ -42,9 +42,9 @@ def run_demo(workdir: Path, say: Callable[[str], None] = lambda _: None) -> dict
     strangers = range(2000, 2000 + STRANGERS)
     summary = {"enrolled": 0, "known_right": 0, "known_queries": 0, "strangers_refused": 0, "strangers": STRANGERS}
     with SiameseIndex.open(workdir / "home", model=workdir / "tower") as index:
-        say(f"3. enrolling {STAFF} new people, one photo each, into {workdir / 'home'}")
+        say(f"3. enrolling {STAFF} new people, two photos each, into {workdir / 'home'}")
         for p in staff:
-            index.enroll(f"E{p}", [photo(p, 0, "enroll")], name=f"Person {p}")
+            index.enroll(f"E{p}", [photo(p, 0, "enroll"), photo(p, 4, "enroll")], name=f"Person {p}")
             summary["enrolled"] += 1
         say("4. identifying a new photo of each of them, and of strangers never enrolled")
         queries = [photo(p, 1, "queries") for p in staff] + [photo(p, 1, "strangers") for p in strangers]

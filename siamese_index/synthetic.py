@@ -45,7 +45,8 @@ def cartoon_face(identity: int, variant: int, size: int = 32) -> Image.Image:
     identity's seed; each photo moves, scales and re-lights the face a little and adds noise.
     Continuous, shared features are what a tower can learn to measure on people it never saw.
     """
-    p = np.random.default_rng(identity * 7919 + 5).uniform(0, 1, 8)
+    # Five levels per proportion: two people rarely share more than a few, so no near-twins.
+    p = np.random.default_rng(identity * 7919 + 5).integers(0, 5, 8) / 4.0
     v = np.random.default_rng(identity * 104729 + variant * 31 + 7)
     s = size / 32.0
     im = Image.new("L", (size, size), 40)

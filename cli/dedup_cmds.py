@@ -1,0 +1,180 @@
+"""The dedup command: find duplicate images in folders; optionally move or delete them; undo a move."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .output import emit_json, handle_errors, quiet_tensorflow, warn
+
+# Literal copies of siamese_index.dedup's choices, so that --help imports no library code.
+LEVELS = ("exact", "near", "identity")
+KEEP_RULES = ("largest", "oldest", "first")
+
+
+class _Progress:
+    """Progress on stderr: one updating line on a terminal, a line per stage otherwise."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.stage = None
+        self.t0 = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if self.tty:
+            if stage != self.stage or done >= total or now - self.last > 0.2:
+                end = "\n" if done >= total else ""
+                pct = 100 * done / total if total else 100
+                click.echo(f"\r{stage:9} {done}/{total} ({pct:3.0f}%) {now - self.t0:6.1f}s", err=True, nl=False)
+                if end:
+                    click.echo("", err=True)
+                self.last = now
+        elif done >= total:
+            click.echo(f"{stage}: {done}/{total} in {now - self.t0:.1f}s", err=True)
+        self.stage = stage
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+@click.command()
+@click.argument("sources", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--level", type=click.Choice(LEVELS), default="near", show_default=True,
+              help="exact: same bytes; near: the same picture after edits (re-compression, resizing, crops, "
+                   "tone, small rotations, grayscale); identity: photos of the same person (face tower).")
+@click.option("--threshold", type=float, default=None,
+              help="Distance below which two files are duplicates (near: 0.30; identity: the model's threshold).")
+@click.option("--keep", type=click.Choice(KEEP_RULES), default="largest", show_default=True,
+              help="Which file of a group stays: most pixels (then colour over grayscale, then bytes), the oldest "
+                   "modification time, or the first "
+                   "in argument and path order.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the groups to FILE: .json, .csv or .html (thumbnails, for a look before acting).")
+@click.option("--apply", "action", type=click.Choice(["move", "delete"]), default=None,
+              help="Act on the duplicates (never on kept files): move them --to a folder (undoable), or delete "
+                   "them (needs --yes; cannot be undone). Without --apply nothing on disk changes.")
+@click.option("--to", "to_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The quarantine folder for --apply move; its manifest.json is what --undo takes.")
+@click.option("--yes", is_flag=True, help="Confirm --apply delete, and any --apply at the identity level.")
+@click.option("--undo", "undo_manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Put back every file a move took: pass the quarantine folder's manifest.json.")
+@click.option("--model", default=None,
+              help="Face tower for --level identity: a model directory or a name under models/ "
+                   "(default: $SIAMESE_INDEX_MODEL, else the shipped face model).")
+@click.option("--cache", "cache_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Cache of descriptors by content hash, so reruns read no image again "
+                   "(default: $SIAMESE_INDEX_DEDUP_CACHE, else ~/.cache/siamese-index/dedup-cache.sqlite).")
+@click.option("--no-cache", is_flag=True, help="Use no cache file.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@handle_errors
+def dedup(sources, level, threshold, keep, report_path, action, to_dir, yes, undo_manifest, model, cache_path,
+          no_cache, quiet, as_json):
+    """Find duplicate images under SOURCES (folders and files) and group them.
+
+    Each group keeps one file (--keep) and lists the others with the distance that put them
+    in the group; every two members of a group are within the threshold of each other.
+    Nothing on disk changes unless --apply is given.
+
+    \b
+    siamese-index dedup ~/Photos                          # near duplicates, a dry run
+    siamese-index dedup ~/Photos --report dups.html       # look at them
+    siamese-index dedup ~/Photos --apply move --to ~/quarantine
+    siamese-index dedup --undo ~/quarantine/manifest.json
+    """
+    progress = _Progress(not quiet)
+    if undo_manifest is not None:
+        if sources or action or to_dir:
+            raise click.UsageError("--undo takes only the manifest: no SOURCES, --apply or --to")
+        from siamese_index.quarantine import undo
+
+        result = undo(undo_manifest, progress=progress)
+        if as_json:
+            emit_json(result)
+        else:
+            for p in result["problems"]:
+                warn(f"{p['path']}: {p['reason']}")
+            click.echo(f"restored {result['restored']} files, {result['already_in_place']} already in place, "
+                       f"{len(result['problems'])} problems")
+        if result["problems"]:
+            raise SystemExit(1)
+        return
+    if not sources:
+        raise click.UsageError("give one or more folders or files (or --undo MANIFEST)")
+    if action == "move" and to_dir is None:
+        raise click.UsageError("--apply move needs --to QUARANTINE_FOLDER")
+    if to_dir is not None and action != "move":
+        raise click.UsageError("--to goes with --apply move")
+    if action == "delete" and not yes:
+        raise click.UsageError("--apply delete removes the duplicates for good and cannot be undone: add --yes "
+                               "(or use --apply move --to FOLDER, which --undo reverses)")
+    if action and level == "identity" and not yes:
+        raise click.UsageError("--apply at --level identity keeps ONE photo per person: add --yes if that is "
+                               "what you want")
+    if report_path is not None and report_path.suffix.lower() not in (".json", ".csv", ".html", ".htm"):
+        raise click.UsageError("--report must end in .json, .csv or .html")
+    if level == "identity":
+        quiet_tensorflow()
+    from siamese_index.dedup import dedup as run_dedup, write_report
+
+    report = run_dedup(list(sources), level=level, threshold=threshold, keep=keep, model=model,
+                       cache=False if no_cache else cache_path, progress=progress)
+    if report_path is not None:
+        write_report(report, report_path)
+    applied = None
+    if action == "move":
+        from siamese_index.quarantine import move_duplicates
+
+        applied = move_duplicates(report, to_dir, allow_identity=yes, progress=progress)
+    elif action == "delete":
+        from siamese_index.quarantine import delete_duplicates
+
+        applied = delete_duplicates(report, allow_identity=yes, progress=progress)
+    if as_json:
+        out = report.to_dict()
+        if applied is not None:
+            out["applied"] = {"action": action, **applied}
+        emit_json(out)
+        return
+    for s in report.skipped:
+        warn(f"skipped {s['path']}: {s['reason']}")
+    for w in report.warnings:
+        warn(f"{w['path']}: {w['warning']}")
+    for k, g in enumerate(report.groups, 1):
+        click.echo(f"group {k}: keep {g.keep}")
+        for m in g.members:
+            if m.path != g.keep:
+                click.echo(f"  {m.distance:7.3f}  {m.path}")
+    st = report.stats
+    click.echo(f"{st['images']} images, {st['groups']} groups, {st['duplicates']} duplicates "
+               f"({_human_bytes(st['bytes_in_duplicates'])}), {st['skipped']} skipped; level {report.level}"
+               + (f", threshold {report.threshold:g}" if report.threshold else ""))
+    if report_path is not None:
+        click.echo(f"report written to {report_path}")
+    if applied is None:
+        if report.groups:
+            click.echo("dry run: nothing changed (--apply move --to FOLDER moves the duplicates, undoably)")
+    elif action == "move":
+        for s in applied["skipped"]:
+            warn(f"not moved {s['path']}: {s['reason']}")
+        click.echo(f"moved {applied['moved']} files ({_human_bytes(applied['bytes'])}) to {to_dir}; "
+                   f"undo with: siamese-index dedup --undo {applied['manifest']}")
+    else:
+        for s in applied["skipped"]:
+            warn(f"not deleted {s['path']}: {s['reason']}")
+        click.echo(f"deleted {applied['deleted']} files ({_human_bytes(applied['bytes'])}); this cannot be undone")
+
+
+COMMANDS = [dedup]
