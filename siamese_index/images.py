@@ -76,25 +76,34 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+def source_label(source, name: str | None = None) -> str:
+    """How errors name an image: the given name, else the path, else "<upload>" for bytes."""
+    return name or str(source if not isinstance(source, (bytes, bytearray)) else "<upload>")
+
+
+def source_opener(source, label: str):
+    """A callable opening the image's bytes (a path or bytes); missing or empty is InvalidImage."""
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise InvalidImage(label, "empty file")
+        return lambda: io.BytesIO(source)
+    path = Path(source)
+    if not path.is_file():
+        raise InvalidImage(label, "no such file")
+    if path.stat().st_size == 0:
+        raise InvalidImage(label, "empty file")
+    return lambda: path.open("rb")
+
+
 def open_image(source, name: str | None = None) -> Image.Image:
     """Open and fully decode an image from a path or bytes, EXIF orientation applied.
 
     Raises InvalidImage naming the file for anything that is not a whole, sane image.
     """
-    label = name or str(source if not isinstance(source, (bytes, bytearray)) else "<upload>")
+    label = source_label(source, name)
     try:
-        if isinstance(source, (bytes, bytearray)):
-            if not source:
-                raise InvalidImage(label, "empty file")
-            fp = io.BytesIO(source)
-        else:
-            path = Path(source)
-            if not path.is_file():
-                raise InvalidImage(label, "no such file")
-            if path.stat().st_size == 0:
-                raise InvalidImage(label, "empty file")
-            fp = path.open("rb")
-        with warnings.catch_warnings():
+        opener = source_opener(source, label)
+        with opener() as fp, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(fp) as im:
                 w, h = im.size
@@ -170,7 +179,7 @@ def prepare(source, prep: Preprocessing, name: str | None = None, strict_face: b
     With face_crop on, the largest face is detected and framed like the training crop; when
     none is found (and not strict) the fixed crop, else the whole image, is used with a warning.
     """
-    label = name or str(source if not isinstance(source, (bytes, bytearray)) else "<upload>")
+    label = source_label(source, name)
     im = open_image(source, label)
     if not prep.face_crop:
         return preprocess(im, prep), []

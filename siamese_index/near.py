@@ -26,19 +26,17 @@ other people at least 0.36.
 """
 from __future__ import annotations
 
-import io
 import math
 import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidImage
-from .images import MAX_PIXELS, _to_mode
+from .images import MAX_PIXELS, _to_mode, source_label, source_opener
 
 VERSION = "near-v1"  # part of cache keys: change it whenever the descriptor or check changes
 THUMB = 160  # longest side of the grayscale thumbnail everything works from
@@ -68,18 +66,8 @@ def load_gray(source, name: str | None = None, max_side: int = THUMB) -> np.ndar
     The same safety rules as images.open_image (pixel cap, decompression bombs, InvalidImage
     naming the file, EXIF orientation applied), but JPEGs are decoded at a reduced scale
     (draft mode), which makes large photos several times cheaper."""
-    label = name or str(source if not isinstance(source, (bytes, bytearray)) else "<upload>")
-    if isinstance(source, (bytes, bytearray)):
-        if not source:
-            raise InvalidImage(label, "empty file")
-        opener = lambda: io.BytesIO(source)  # noqa: E731
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise InvalidImage(label, "no such file")
-        if path.stat().st_size == 0:
-            raise InvalidImage(label, "empty file")
-        opener = lambda: path.open("rb")  # noqa: E731
+    label = source_label(source, name)
+    opener = source_opener(source, label)
     try:
         with opener() as fp, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

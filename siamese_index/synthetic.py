@@ -38,6 +38,9 @@ def make_identity_folder(root: Path, identities: int = 6, per_identity: int = 5,
     return root
 
 
+DEMO_FIRST_PERSON = 100_000  # demo people are numbered from here; training people below
+
+
 def cartoon_face(identity: int, variant: int, size: int = 32) -> Image.Image:
     """A synthetic "person" for the demo: a cartoon face whose proportions are the identity.
 
@@ -66,6 +69,10 @@ def cartoon_face(identity: int, variant: int, size: int = 32) -> Image.Image:
 
 
 def make_face_folder(root: Path, identities: int, per_identity: int, size: int = 32) -> Path:
+    """Training people 0..identities-1 (never the demo's, which start at DEMO_FIRST_PERSON).
+
+        python -c "from siamese_index.synthetic import make_face_folder; make_face_folder('cartoon', 400, 6)"
+    """
     root = Path(root)
     for i in range(identities):
         d = root / f"person{i:03d}"

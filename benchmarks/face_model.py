@@ -1,0 +1,35 @@
+"""The shipped face tower's scores on people it never trained on, via `siamese-index evaluate`.
+
+- ORL, all 40 people (never trained on ORL): one-shot rank-1 (image 1 enrolled... by file name
+  order, the first image of each person), and verification on sampled pairs;
+- LFW people held out of its training (recorded in its config): verification and one-shot.
+
+    python benchmarks/face_model.py [--model faces-v1]
+"""
+from __future__ import annotations
+
+import argparse
+
+from _cli import SHARED, siamese
+
+
+def row(name, report):
+    v, o = report["verification"], report["one_shot"]
+    return (f"| {name} | {v['accuracy']:.3f} | {v['best_accuracy']:.3f} | {v['auc']:.3f} | {v['eer']:.3f} | "
+            f"{v['tar_at_far_1pct']:.3f} | {o['identities']} | {o['rank1']:.3f} | {o['rank5']:.3f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="faces-v1")
+    args = ap.parse_args()
+    print("| people never trained on | accuracy at own threshold | best accuracy (optimistic) | AUC | EER | TAR@FAR1% | enrolled | rank-1 | rank-5 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    orl, _ = siamese("evaluate", str(SHARED / "orl_faces"), "--model", args.model)
+    print(row("ORL, all 40 people", orl), flush=True)
+    lfw, _ = siamese("evaluate", str(SHARED / "lfw" / "lfw-deepfunneled"), "--model", args.model, "--held-out")
+    print(row("LFW, held-out people", lfw), flush=True)
+
+
+if __name__ == "__main__":
+    main()
