@@ -177,7 +177,7 @@ def prepare(source, prep: Preprocessing, name: str | None = None, strict_face: b
     """Open a user's image and make it a model input, exactly as enrollment and lookup do.
 
     With face_crop on, the largest face is detected and framed like the training crop; when
-    none is found (and not strict) the fixed crop, else the whole image, is used with a warning.
+    none is found (and not strict) the whole image is used, with a warning.
     """
     label = source_label(source, name)
     im = open_image(source, label)
@@ -186,4 +186,5 @@ def prepare(source, prep: Preprocessing, name: str | None = None, strict_face: b
     from .faces import face_box_for
 
     box, warnings = face_box_for(im, prep.face_box, strict=strict_face, name=label)
-    return preprocess(im, prep, face_box=box), warnings
+    # No face found: the whole image (the fixed crop only suits aligned training images).
+    return preprocess(im, prep, face_box=box or (0, 0, im.width, im.height)), warnings

@@ -64,3 +64,11 @@ def test_tiny_and_multiple_faces_are_refused_at_enrollment():
 
 def test_crop_box_arithmetic():
     assert crop_box((100, 100, 50, 50), (-0.5, -0.5, 0.5, 0.5)) == (100, 100, 150, 150)
+
+
+def test_a_photo_that_is_already_a_face_crop_is_used_whole():
+    im = _lfw_photo()
+    x, y, w, h = detect_faces(im)[0]
+    tight = im.crop((x - w // 10, y - h // 10, x + w + w // 10, y + h + h // 5))  # like an ID photo or ORL
+    box, _ = face_box_for(tight, OFFSETS, strict=True, name="id.jpg")
+    assert box == (0, 0, tight.width, tight.height)
