@@ -57,6 +57,8 @@ def _load_progress(done: int, total: int) -> None:
 @click.option("--batch-identities", default=16, show_default=True, type=click.IntRange(2), help="Identities per batch (batch mode).")
 @click.option("--images-per-identity", default=4, show_default=True, type=click.IntRange(2), help="Images per identity per batch (batch mode).")
 @click.option("--pairs-per-epoch", default=4000, show_default=True, type=click.IntRange(64), help="Pairs per epoch (pairs mode).")
+@click.option("--group-batches/--no-group-batches", default=True, show_default=True,
+              help="When identities have groups (Omniglot's alphabets), fill each batch from one group first: hard impostors.")
 @click.option("--steps-per-epoch", default=None, type=click.IntRange(1), help="Batches per epoch (default: one pass over the images).")
 @click.option("--identities", "include", multiple=True, help="Only identities matching this shell pattern (repeatable).")
 @click.option("--exclude", multiple=True, help="Leave out identities matching this shell pattern (repeatable).")
@@ -64,8 +66,8 @@ def _load_progress(done: int, total: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the written config as JSON.")
 @handle_errors
 def train(data_dir, out, arch, epochs, seed, margin, mode, val_fraction, size, channels, crop, face_crop, augment,
-          embedding_dim, learning_rate, batch_identities, images_per_identity, pairs_per_epoch, steps_per_epoch,
-          include, exclude, overwrite, as_json):
+          embedding_dim, learning_rate, batch_identities, images_per_identity, pairs_per_epoch, group_batches,
+          steps_per_epoch, include, exclude, overwrite, as_json):
     """Train a tower on DATA_DIR (a folder of identities, or an .npz with X and y).
 
     The threshold is calibrated on identities held out of training, so it reflects people
@@ -90,6 +92,7 @@ def train(data_dir, out, arch, epochs, seed, margin, mode, val_fraction, size, c
         mode=mode, identities_per_batch=batch_identities, images_per_identity=images_per_identity,
         pairs_per_epoch=pairs_per_epoch, learning_rate=learning_rate,
         augmentation=(augment or "faces") if is_images else "none", steps_per_epoch=steps_per_epoch,
+        group_batches=group_batches,
     )
     progress_line(f"training {arch} on {len(data)} rows of {data.n_identities} identities ({mode} mode)")
 

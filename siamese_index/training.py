@@ -34,6 +34,8 @@ class TrainOptions:
     learning_rate: float = 1e-3
     augmentation: str = "none"
     steps_per_epoch: int | None = None
+    # Fill batches from one group (alphabet) first, so impostors are the hard, similar ones.
+    group_batches: bool = True
 
 
 @dataclass
@@ -118,7 +120,8 @@ def train(
     if opt.mode == "batch":
         net = keras.Sequential([aug, tower]) if aug is not None else tower
         net.compile(optimizer=optimizer, loss=batch_contrastive_loss(opt.margin))
-        batches = _pk_batches(train_set.labels, opt.identities_per_batch, opt.images_per_identity, rng, train_set.groups)
+        batches = _pk_batches(train_set.labels, opt.identities_per_batch, opt.images_per_identity, rng,
+                              train_set.groups if opt.group_batches else None)
 
         def gen():
             for rows in batches:
@@ -191,7 +194,7 @@ def train(
         history=history,
         training={
             "source": source, "mode": opt.mode, "epochs": opt.epochs, "best_epoch": best["epoch"], "seed": opt.seed,
-            "learning_rate": opt.learning_rate, "steps_per_epoch": steps, "train_identities": int(len(train_ids)),
+            "learning_rate": opt.learning_rate, "steps_per_epoch": steps, "group_batches": opt.group_batches, "train_identities": int(len(train_ids)),
             "train_images": int(len(train_set)), "val_identities": int(len(val_ids)), "val_images": int(len(val_set)),
             "val_identity_names": [data.names[i] for i in val_ids][:2000], "seconds": round(train_seconds, 1),
             "skipped_files": len(data.skipped),
