@@ -145,6 +145,15 @@ def build_tower(arch: str, input_shape, embedding_dim: int | None = None):
     return keras.Model(inp, out, name="tower_facenet_s")
 
 
+def with_augmentation(tower, augmenter):
+    """The tower behind a training-time augmenter (the tower alone when there is none)."""
+    import keras
+
+    if augmenter is None:
+        return tower
+    return keras.Sequential([keras.Input(shape=tower.input_shape[1:]), augmenter, tower], name="augmented_tower")
+
+
 def build_siamese(tower):
     """Two inputs through one shared tower, joined by the L2 distance (the seeds' network)."""
     import keras

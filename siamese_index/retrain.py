@@ -334,7 +334,7 @@ def fine_tune(tower, ps: PairSet, pairs: list[Pair], *, epochs: int, learning_ra
     two-input Siamese network. Returns the per-epoch history."""
     import keras
 
-    from .model import build_augmenter, build_siamese, contrastive_loss
+    from .model import build_augmenter, build_siamese, contrastive_loss, with_augmentation
 
     keras.utils.set_random_seed(seed)
     keys = sorted({p.a for p in pairs} | {p.b for p in pairs})
@@ -344,8 +344,7 @@ def fine_tune(tower, ps: PairSet, pairs: list[Pair], *, epochs: int, learning_ra
     b = np.array([pos[p.b] for p in pairs], dtype=np.int64)
     y = np.array([p.label for p in pairs], dtype=np.float32)
     aug = build_augmenter(augmentation) if x.ndim == 4 and augmentation != "none" else None
-    inner = keras.Sequential([aug, tower]) if aug is not None else tower
-    net = build_siamese(inner)
+    net = build_siamese(with_augmentation(tower, aug))
     net.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=contrastive_loss(margin))
     bs = max(1, min(int(batch_size), len(y)))
     steps = max(1, -(-len(y) // bs))

@@ -96,7 +96,9 @@ def train(
     """Train on an identity-disjoint split of data, calibrate on the held-out people, save."""
     import keras
 
-    from .model import batch_contrastive_loss, build_augmenter, build_siamese, build_tower, contrastive_loss
+    from .model import (
+        batch_contrastive_loss, build_augmenter, build_siamese, build_tower, contrastive_loss, with_augmentation,
+    )
 
     opt = options
     keras.utils.set_random_seed(opt.seed)
@@ -118,7 +120,7 @@ def train(
     optimizer = keras.optimizers.Adam(schedule)
 
     if opt.mode == "batch":
-        net = keras.Sequential([aug, tower]) if aug is not None else tower
+        net = with_augmentation(tower, aug)
         net.compile(optimizer=optimizer, loss=batch_contrastive_loss(opt.margin))
         batches = _pk_batches(train_set.labels, opt.identities_per_batch, opt.images_per_identity, rng,
                               train_set.groups if opt.group_batches else None)
@@ -127,8 +129,7 @@ def train(
             for rows in batches:
                 yield train_set.x[rows].astype(np.float32), train_set.labels[rows]
     elif opt.mode == "pairs":
-        inner = keras.Sequential([aug, tower]) if aug is not None else tower
-        net = build_siamese(inner)
+        net = build_siamese(with_augmentation(tower, aug))
         net.compile(optimizer=optimizer, loss=contrastive_loss(opt.margin))
 
         def gen():

@@ -84,3 +84,13 @@ def test_refuses_to_overwrite_a_model(trained):
     root, data, out, _, _ = trained
     with pytest.raises(ModelError, match="already exists"):
         train(data, out, TrainOptions(arch="seed-gap", epochs=1, steps_per_epoch=1), PREP)
+
+
+def test_pairs_mode_with_augmentation_trains(tmp_path):
+    root = make_identity_folder(tmp_path / "ids", identities=8, per_identity=4)
+    data = load_dataset(root, PREP)
+    seen = []
+    opts = TrainOptions(arch="seed-conv", mode="pairs", epochs=2, seed=0, val_fraction=0.25, pairs_per_epoch=256,
+                        steps_per_epoch=3, augmentation="faces")
+    config = train(data, tmp_path / "m", opts, PREP, progress=seen.append)
+    assert len(seen) == 2 and config.training["mode"] == "pairs" and config.threshold > 0
