@@ -95,9 +95,11 @@ def source_opener(source, label: str):
     return lambda: path.open("rb")
 
 
-def open_image(source, name: str | None = None) -> Image.Image:
+def open_image(source, name: str | None = None, draft_gray: int | None = None) -> Image.Image:
     """Open and fully decode an image from a path or bytes, EXIF orientation applied.
 
+    draft_gray: let a JPEG decode straight to grayscale at a reduced scale (no smaller than
+    that many pixels a side), several times cheaper for thumbnails.
     Raises InvalidImage naming the file for anything that is not a whole, sane image.
     """
     label = source_label(source, name)
@@ -109,6 +111,8 @@ def open_image(source, name: str | None = None) -> Image.Image:
                 w, h = im.size
                 if w * h > MAX_PIXELS:
                     raise InvalidImage(label, f"image too large ({w}x{h} pixels, cap {MAX_PIXELS})")
+                if draft_gray and im.format == "JPEG" and im.mode in ("RGB", "L", "YCbCr", "CMYK"):
+                    im.draft("L", (draft_gray, draft_gray))
                 im.load()
                 im = ImageOps.exif_transpose(im)
                 return im.copy()
@@ -116,8 +120,8 @@ def open_image(source, name: str | None = None) -> Image.Image:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InvalidImage(label, f"not a readable image ({e.__class__.__name__})") from e
-    except (OSError, SyntaxError, ValueError) as e:
-        # Pillow reports truncated data and corrupt headers as OSError/SyntaxError.
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        # Pillow reports truncated data and corrupt headers as OSError/SyntaxError/EOFError.
         raise InvalidImage(label, f"corrupt or truncated image ({e})") from e
 
 

@@ -28,15 +28,12 @@ from __future__ import annotations
 
 import math
 import threading
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InvalidImage
-from .images import MAX_PIXELS, _to_mode, source_label, source_opener
+from .images import _to_mode, open_image
 
 VERSION = "near-v1"  # part of cache keys: change it whenever the descriptor or check changes
 THUMB = 160  # longest side of the grayscale thumbnail everything works from
@@ -66,26 +63,7 @@ def load_gray(source, name: str | None = None, max_side: int = THUMB) -> np.ndar
     The same safety rules as images.open_image (pixel cap, decompression bombs, InvalidImage
     naming the file, EXIF orientation applied), but JPEGs are decoded at a reduced scale
     (draft mode), which makes large photos several times cheaper."""
-    label = source_label(source, name)
-    opener = source_opener(source, label)
-    try:
-        with opener() as fp, warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(fp) as im:
-                w, h = im.size
-                if w * h > MAX_PIXELS:
-                    raise InvalidImage(label, f"image too large ({w}x{h} pixels, cap {MAX_PIXELS})")
-                if im.format == "JPEG" and im.mode in ("RGB", "L", "YCbCr", "CMYK"):
-                    im.draft("L", (max_side, max_side))
-                im.load()
-                im = ImageOps.exif_transpose(im)
-                im = _to_mode(im, 1)
-    except InvalidImage:
-        raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise InvalidImage(label, f"not a readable image ({e.__class__.__name__})") from e
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise InvalidImage(label, f"corrupt or truncated image ({e})") from e
+    im = _to_mode(open_image(source, name, draft_gray=max_side), 1)
     return fit(np.asarray(im, dtype=np.uint8), max_side)
 
 
