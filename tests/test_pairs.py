@@ -70,3 +70,11 @@ def test_lfw_pairs_format(tmp_path):
     rows = read_pairs_file(f, tmp_path / "imgs")
     assert rows[0].label == 1 and rows[0].image_b.name == "Ann_0002.jpg"
     assert rows[1].label == 0 and rows[1].image_b == tmp_path / "imgs" / "Bob" / "Bob_0003.jpg"
+
+
+def test_large_identities_are_sampled_without_listing_every_pair():
+    labels = np.repeat(np.arange(3), 5000)  # 12.5 million pairs per identity if listed
+    a, b, y = sample_pairs(labels, seed=0, cap_per_identity=50)
+    assert y.sum() == 150 and len(y) == 300
+    genuine = {(int(i), int(j)) for i, j, l in zip(a, b, y) if l == 1}
+    assert len(genuine) == 150 and all(labels[i] == labels[j] and i < j for i, j in genuine)
