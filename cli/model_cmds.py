@@ -190,7 +190,10 @@ def evaluate(data_dir, model, pairs_file, pairs_root, seed, cap, n_way, tasks, i
 @click.option("--out", type=click.Path(path_type=Path), help="Write an (n, dim) float32 .npy here instead of JSON lines on stdout.")
 @handle_errors
 def embed(files, model, out):
-    """Print the embeddings of FILES (JSON lines), or save them as .npy with --out."""
+    """Print the embeddings of FILES (JSON lines), or save them as .npy with --out.
+
+    Unreadable files are reported on stderr and skipped; the exit status is then 1.
+    """
     quiet_tensorflow()
     import numpy as np
 
@@ -209,6 +212,8 @@ def embed(files, model, out):
             sys.stdout.write(json.dumps({"path": path, "model_id": embedder.model_id, "embedding": [round(float(x), 6) for x in v]}) + "\n")
     if failed and not ok:
         raise click.ClickException("no file could be embedded")
+    if failed:
+        raise SystemExit(1)  # like the index commands: exit 1 when any input failed
 
 
 COMMANDS = [train, evaluate, embed]

@@ -118,3 +118,13 @@ def test_evaluate_held_out_uses_only_people_never_trained_on(cli_model):
     held_out = json.loads(result.stdout)["training"]["val_identity_names"]
     report = json.loads(CliRunner().invoke(cli, ["evaluate", str(root), "--model", str(out), "--held-out", "--json"]).stdout)
     assert report["one_shot"]["identities"] == len(held_out) == 3
+
+
+def test_embed_skips_a_bad_file_and_exits_1(cli_model, tmp_path):
+    root, out, _ = cli_model
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    good = str(root / "person00" / "00.png")
+    result = CliRunner().invoke(cli, ["embed", good, str(bad), "--model", str(out)])
+    assert result.exit_code == 1 and "bad.png" in result.stderr
+    assert [json.loads(l)["path"] for l in result.stdout.splitlines()] == [good]
