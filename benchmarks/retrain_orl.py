@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shutil
 import sys
@@ -26,6 +25,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from siamese_index.pairs import write_pairs_csv  # noqa: E402  (after the path is set)
 ORL = Path(__file__).resolve().parents[2] / "shared" / "data" / "orl_faces"
 
 TRAIN_PEOPLE = [f"s{i}" for i in range(1, 21)]
@@ -57,12 +57,7 @@ def pairs_csv(folder: Path, people: list[str], seed: int) -> Path:
     while len(rows) < 2 * n:
         p, q = rng.choice(len(people), 2, replace=False)
         rows.append((files[people[p]][rng.integers(10)], files[people[q]][rng.integers(10)], 0))
-    path = folder / "new_pairs.csv"
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["image_a", "image_b", "label"])
-        w.writerows(rows)
-    return path
+    return write_pairs_csv(folder / "new_pairs.csv", rows)
 
 
 def main() -> None:

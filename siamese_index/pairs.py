@@ -103,6 +103,16 @@ def read_pairs_file(path: Path, image_root: Path | None = None) -> list[PairRow]
     return _read_lfw(path, image_root or path.parent / "lfw-deepfunneled")
 
 
+def write_pairs_csv(path: Path, rows) -> Path:
+    """Write (image_a, image_b, label) rows as the CSV that retrain --pairs and evaluate --pairs read."""
+    path = Path(path)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image_a", "image_b", "label"])
+        writer.writerows(rows)
+    return path
+
+
 def _read_csv(path: Path) -> list[PairRow]:
     root = path.parent.resolve()
     rows, errors = [], []

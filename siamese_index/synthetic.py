@@ -28,14 +28,19 @@ def identity_image(identity: int, variant: int, size: int = 32, mode: str = "L")
     return out.convert(mode)
 
 
-def make_identity_folder(root: Path, identities: int = 6, per_identity: int = 5, size: int = 32, fmt: str = "png") -> Path:
+def _write_people(root: Path, identities: int, per_identity: int, draw, digits: int, fmt: str = "png") -> Path:
+    """One folder per person (person00, person01, ...) of per_identity drawings each."""
     root = Path(root)
     for i in range(identities):
-        d = root / f"person{i:02d}"
+        d = root / f"person{i:0{digits}d}"
         d.mkdir(parents=True, exist_ok=True)
         for v in range(per_identity):
-            identity_image(i, v, size).save(d / f"{v:02d}.{fmt}")
+            draw(i, v).save(d / f"{v:02d}.{fmt}")
     return root
+
+
+def make_identity_folder(root: Path, identities: int = 6, per_identity: int = 5, size: int = 32, fmt: str = "png") -> Path:
+    return _write_people(root, identities, per_identity, lambda i, v: identity_image(i, v, size), 2, fmt)
 
 
 DEMO_FIRST_PERSON = 100_000  # demo people are numbered from here; training people below
@@ -73,10 +78,4 @@ def make_face_folder(root: Path, identities: int, per_identity: int, size: int =
 
         python -c "from siamese_index.synthetic import make_face_folder; make_face_folder('cartoon', 400, 6)"
     """
-    root = Path(root)
-    for i in range(identities):
-        d = root / f"person{i:03d}"
-        d.mkdir(parents=True, exist_ok=True)
-        for v in range(per_identity):
-            cartoon_face(i, v, size).save(d / f"{v:02d}.png")
-    return root
+    return _write_people(root, identities, per_identity, lambda i, v: cartoon_face(i, v, size), 3)

@@ -1,5 +1,4 @@
 """retrain: pair-file validation, fine-tuning, the held-out comparison and its guard, feedback."""
-import csv
 import json
 import sqlite3
 from itertools import combinations
@@ -10,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from siamese_index.errors import InvalidData, NotFound
+from siamese_index.pairs import write_pairs_csv
 from siamese_index.synthetic import identity_image
 
 from .tiny_towers import photos, tiny_towers
@@ -47,12 +47,7 @@ def _pairs_csv(folder: Path, people: int, per_person: int = 5, offset: int = 100
     while len(rows) < 2 * n_gen:
         p, q = rng.choice(people, 2, replace=False)
         rows.append((files[p][rng.integers(per_person)], files[q][rng.integers(per_person)], 0))
-    path = folder / "new_pairs.csv"
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["image_a", "image_b", "label"])
-        w.writerows(rows)
-    return path
+    return write_pairs_csv(folder / "new_pairs.csv", rows)
 
 
 def _versions(home):
