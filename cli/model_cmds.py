@@ -60,6 +60,10 @@ def _load_progress(done: int, total: int) -> None:
 @click.option("--group-batches/--no-group-batches", default=True, show_default=True,
               help="When identities have groups (Omniglot's alphabets), fill each batch from one group first: hard impostors.")
 @click.option("--steps-per-epoch", default=None, type=click.IntRange(1), help="Batches per epoch (default: one pass over the images).")
+@click.option("--proxy-weight", default=0.0, show_default=True, type=click.FloatRange(0),
+              help="Weight of an auxiliary CosFace loss on learned identity proxies (batch mode; 0 = contrastive only).")
+@click.option("--init", "init_from", default=None, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Start from this model directory's weights (same architecture and input size).")
 @click.option("--identities", "include", multiple=True, help="Only identities matching this shell pattern (repeatable).")
 @click.option("--exclude", multiple=True, help="Leave out identities matching this shell pattern (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
@@ -67,7 +71,7 @@ def _load_progress(done: int, total: int) -> None:
 @handle_errors
 def train(data_dir, out, arch, epochs, seed, margin, mode, val_fraction, size, channels, crop, face_crop, augment,
           embedding_dim, learning_rate, batch_identities, images_per_identity, pairs_per_epoch, group_batches,
-          steps_per_epoch, include, exclude, overwrite, as_json):
+          steps_per_epoch, proxy_weight, init_from, include, exclude, overwrite, as_json):
     """Train a tower on DATA_DIR (a folder of identities, or an .npz with X and y).
 
     The threshold is calibrated on identities held out of training, so it reflects people
@@ -92,7 +96,7 @@ def train(data_dir, out, arch, epochs, seed, margin, mode, val_fraction, size, c
         mode=mode, identities_per_batch=batch_identities, images_per_identity=images_per_identity,
         pairs_per_epoch=pairs_per_epoch, learning_rate=learning_rate,
         augmentation=(augment or "faces") if is_images else "none", steps_per_epoch=steps_per_epoch,
-        group_batches=group_batches,
+        group_batches=group_batches, proxy_weight=proxy_weight, init_from=init_from,
     )
     progress_line(f"training {arch} on {len(data)} rows of {data.n_identities} identities ({mode} mode)")
 

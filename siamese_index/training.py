@@ -36,6 +36,10 @@ class TrainOptions:
     steps_per_epoch: int | None = None
     # Fill batches from one group (alphabet) first, so impostors are the hard, similar ones.
     group_batches: bool = True
+    # Weight of the auxiliary CosFace loss on learned identity proxies (batch mode; 0 = off).
+    proxy_weight: float = 0.0
+    # Start from this model directory's weights (same architecture and input) instead of random.
+    init_from: Path | None = None
 
 
 @dataclass
@@ -97,7 +101,8 @@ def train(
     import keras
 
     from .model import (
-        batch_contrastive_loss, build_augmenter, build_siamese, build_tower, contrastive_loss, with_augmentation,
+        batch_contrastive_loss, build_augmenter, build_proxy_head, build_siamese, build_tower, contrastive_loss,
+        cosface_loss, with_augmentation,
     )
 
     opt = options
@@ -109,6 +114,7 @@ def train(
 
     input_shape = data.x.shape[1:]
     tower = build_tower(opt.arch, input_shape, opt.embedding_dim)
+    parent_id = _load_init_weights(tower, opt, data, val_ids, source) if opt.init_from else None
     aug = build_augmenter(opt.augmentation) if len(input_shape) == 3 else None
     steps = opt.steps_per_epoch
     if opt.mode == "batch":
@@ -121,13 +127,23 @@ def train(
 
     if opt.mode == "batch":
         net = with_augmentation(tower, aug)
-        net.compile(optimizer=optimizer, loss=batch_contrastive_loss(opt.margin))
+        if opt.proxy_weight > 0:
+            # Training-only proxy head: the saved tower is unchanged.
+            _, class_of = np.unique(train_set.labels, return_inverse=True)
+            inp = keras.Input(shape=input_shape)
+            emb = net(inp)
+            net = keras.Model(inp, [emb, build_proxy_head(int(class_of.max()) + 1)(emb)])
+            net.compile(optimizer=optimizer, loss=[batch_contrastive_loss(opt.margin), cosface_loss()],
+                        loss_weights=[1.0, opt.proxy_weight])
+        else:
+            net.compile(optimizer=optimizer, loss=batch_contrastive_loss(opt.margin))
         batches = _pk_batches(train_set.labels, opt.identities_per_batch, opt.images_per_identity, rng,
                               train_set.groups if opt.group_batches else None)
 
         def gen():
             for rows in batches:
-                yield train_set.x[rows].astype(np.float32), train_set.labels[rows]
+                x, y = train_set.x[rows].astype(np.float32), train_set.labels[rows]
+                yield (x, (y, class_of[rows])) if opt.proxy_weight > 0 else (x, y)
     elif opt.mode == "pairs":
         net = build_siamese(with_augmentation(tower, aug))
         net.compile(optimizer=optimizer, loss=contrastive_loss(opt.margin))
@@ -142,6 +158,8 @@ def train(
                     yield (train_set.x[a[sl]].astype(np.float32), train_set.x[b[sl]].astype(np.float32)), y[sl].astype(np.float32)
     else:
         raise InvalidData(f"unknown training mode {opt.mode!r}; choose batch or pairs")
+    if opt.proxy_weight > 0 and opt.mode != "batch":
+        raise InvalidData("the proxy (CosFace) loss needs batch mode: pairs mode has no identity labels")
 
     history: list[dict] = []
     best = {"auc": -1.0, "weights": None, "epoch": 0}
@@ -195,7 +213,8 @@ def train(
         history=history,
         training={
             "source": source, "mode": opt.mode, "epochs": opt.epochs, "best_epoch": best["epoch"], "seed": opt.seed,
-            "learning_rate": opt.learning_rate, "steps_per_epoch": steps, "group_batches": opt.group_batches, "train_identities": int(len(train_ids)),
+            "learning_rate": opt.learning_rate, "steps_per_epoch": steps, "group_batches": opt.group_batches,
+            "proxy_weight": opt.proxy_weight, "init_from": parent_id, "train_identities": int(len(train_ids)),
             "train_images": int(len(train_set)), "val_identities": int(len(val_ids)), "val_images": int(len(val_set)),
             "val_identity_names": [data.names[i] for i in val_ids][:2000], "seconds": round(train_seconds, 1),
             "skipped_files": len(data.skipped),
@@ -204,6 +223,30 @@ def train(
     )
     write_model_dir(out_dir, config, tower, overwrite=overwrite)
     return config
+
+
+def _load_init_weights(tower, opt: TrainOptions, data: Dataset, val_ids, source: str) -> str:
+    """Load a parent model's weights into tower; returns its model id.
+
+    Refuses a parent that trained on any of this run's validation people (same data source):
+    the threshold calibrated on them would then flatter the tower.
+    """
+    from .modeldir import WEIGHTS_NAME, read_config
+
+    parent = read_config(Path(opt.init_from))
+    if parent.arch != opt.arch or tuple(parent.input_shape) != tuple(tower.input_shape[1:]) \
+            or int(parent.embedding_dim) != int(tower.output_shape[-1]):
+        raise InvalidData(f"{opt.init_from}: its tower ({parent.arch}, input {tuple(parent.input_shape)}, "
+                          f"{parent.embedding_dim}-d) does not match this run's ({opt.arch}, input "
+                          f"{tuple(tower.input_shape[1:])}, {tower.output_shape[-1]}-d)")
+    held = parent.training.get("val_identity_names")
+    if parent.training.get("source") == source and held is not None:
+        leaked = sorted(set(data.names[i] for i in val_ids) - set(held))
+        if leaked:
+            raise InvalidData(f"{opt.init_from} trained on {len(leaked)} of this run's validation identities "
+                              f"(e.g. {leaked[0]}); use the parent's --seed and --val-fraction")
+    tower.load_weights(str(Path(opt.init_from) / WEIGHTS_NAME))
+    return parent.model_id
 
 
 def _embed(tower, x: np.ndarray, batch_size: int = 128) -> np.ndarray:

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from siamese_index.model import (
-    ARCHITECTURES, batch_contrastive_loss, build_siamese, build_tower, contrastive_loss, contrastive_loss_np,
+    ARCHITECTURES, batch_contrastive_loss, build_proxy_head, build_siamese, build_tower, contrastive_loss,
+    contrastive_loss_np, cosface_loss,
 )
 
 
@@ -66,3 +67,25 @@ def test_siamese_outputs_plain_l2_distance():
     d = np.asarray(net.predict_on_batch([a, b])).ravel()
     ea, eb = np.asarray(tower.predict_on_batch(a)), np.asarray(tower.predict_on_batch(b))
     assert np.allclose(d, np.linalg.norm(ea - eb, axis=1), atol=1e-3)
+
+
+def test_cosface_loss_by_hand():
+    # Two samples, three classes; the true class's cosine loses the margin before the softmax.
+    cos = np.array([[0.9, 0.1, -0.2], [0.3, 0.5, 0.4]], dtype="float32")
+    labels = np.array([0, 2])
+    scale, margin = 10.0, 0.2
+    expected = []
+    for row, y in zip(cos, labels):
+        logits = scale * (row - margin * (np.arange(3) == y))
+        expected.append(-(logits[y] - np.log(np.exp(logits).sum())))
+    got = float(cosface_loss(scale, margin)(labels, cos))
+    assert got == pytest.approx(np.mean(expected), rel=1e-5)
+
+
+def test_proxy_head_gives_cosines():
+    head = build_proxy_head(5)
+    emb = np.random.default_rng(2).normal(size=(3, 8)).astype("float32")
+    cos = np.asarray(head(emb))
+    w = np.asarray(head.proxies)
+    expected = (emb / np.linalg.norm(emb, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=0, keepdims=True))
+    assert cos.shape == (3, 5) and np.allclose(cos, expected, atol=1e-5)

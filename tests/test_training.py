@@ -6,7 +6,7 @@ import pytest
 
 from siamese_index.datasets import load_dataset
 from siamese_index.embedder import KerasEmbedder
-from siamese_index.errors import ModelError
+from siamese_index.errors import InvalidData, ModelError
 from siamese_index.images import Preprocessing
 from siamese_index.modeldir import CONFIG_NAME, read_config
 from siamese_index.training import TrainOptions, evaluate, train
@@ -94,3 +94,32 @@ def test_pairs_mode_with_augmentation_trains(tmp_path):
                         steps_per_epoch=3, augmentation="faces")
     config = train(data, tmp_path / "m", opts, PREP, progress=seen.append)
     assert len(seen) == 2 and config.training["mode"] == "pairs" and config.threshold > 0
+
+
+def test_proxy_loss_and_init_from_a_parent(trained, tmp_path):
+    root, data, out, config, _ = trained
+    seen = []
+    opts = TrainOptions(arch="seed-conv", epochs=3, seed=0, val_fraction=0.25, identities_per_batch=8,
+                        images_per_identity=4, steps_per_epoch=6, learning_rate=1e-3, proxy_weight=1.0, init_from=out)
+    child = train(data, tmp_path / "child", opts, PREP, progress=seen.append, source=str(root))
+    assert child.training["init_from"] == config.model_id and child.training["proxy_weight"] == 1.0
+    # Starting from the parent's weights, the child starts near the parent's validation AUC.
+    assert seen[0].val_auc >= config.metrics["validation"]["auc"] - 0.15
+    assert KerasEmbedder(tmp_path / "child").embed_batch(data.x[:2]).shape == (2, 50)
+
+
+def test_init_from_a_parent_that_trained_on_the_validation_people_is_refused(trained, tmp_path):
+    root, data, out, _, _ = trained
+    opts = TrainOptions(arch="seed-conv", epochs=1, seed=7, val_fraction=0.25, steps_per_epoch=1, init_from=out)
+    with pytest.raises(InvalidData, match="validation identities"):
+        train(data, tmp_path / "leaky", opts, PREP, source=str(root))
+    with pytest.raises(InvalidData, match="does not match"):
+        train(data, tmp_path / "other", TrainOptions(arch="seed-gap", epochs=1, steps_per_epoch=1, init_from=out), PREP,
+              source=str(root))
+
+
+def test_proxy_loss_needs_batch_mode(trained, tmp_path):
+    _, data, _, _, _ = trained
+    with pytest.raises(InvalidData, match="batch mode"):
+        train(data, tmp_path / "p", TrainOptions(arch="seed-conv", mode="pairs", epochs=1, steps_per_epoch=1,
+                                                 proxy_weight=1.0), PREP)
