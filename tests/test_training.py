@@ -1,6 +1,8 @@
 """A real short training run on small real image files, and model directories."""
 import json
 
+import h5py
+
 import numpy as np
 import pytest
 
@@ -47,6 +49,8 @@ def test_model_directory_is_complete(trained):
     assert len(val_names) == 3 and val_names <= set(data.names)
     assert 0 < saved["threshold"] and "validation identities never trained on" in saved["threshold_method"]
     assert saved["metrics"]["impostor_far_table"]
+    with h5py.File(out / "model.weights.h5") as h5:
+        assert "optimizer" not in h5, "a model directory holds the tower's weights, not the optimizer's state"
 
 
 def test_save_load_gives_identical_embeddings(trained):
