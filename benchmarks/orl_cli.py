@@ -5,7 +5,7 @@
 2. Enroll image 1 of s1-s20 only; query the other images of those 20 and every image of the 20
    never enrolled; count correct answers (known and right, or unknown for a stranger).
 
-    python benchmarks/orl_cli.py [--model models/faces-v1]
+    python benchmarks/orl_cli.py [--model NAME]  (default: the default face tower)
 """
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 
 from _cli import SHARED, siamese
+
+from siamese_index.config import DEFAULT_MODEL_NAME
 
 
 def enroll_first_images(people: list[str], orl: Path, home: Path, model: str, work: Path) -> dict:
@@ -27,7 +29,7 @@ def enroll_first_images(people: list[str], orl: Path, home: Path, model: str, wo
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="faces-v1")
+    ap.add_argument("--model", default=DEFAULT_MODEL_NAME)
     args = ap.parse_args()
     orl = SHARED / "orl_faces"
     everyone = [f"s{i}" for i in range(1, 41)]

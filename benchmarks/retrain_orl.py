@@ -1,6 +1,6 @@
 """Before/after retraining, measured on people the new pairs do not contain.
 
-1. A temporary home with the face tower (--model; default models/faces-v1): image 1 of each ORL
+1. A temporary home with the face tower (--model; default: the default face tower): image 1 of each ORL
    person s21-s40 enrolled, one-shot rank-1/rank-5 of their 180 other images.
 2. `retrain` from a pairs CSV built from ORL s1-s20 only (every genuine pair of a person's ten
    photos, as many impostor pairs), fine-tuning the active tower; retrain's own held-out
@@ -8,7 +8,7 @@
 3. The same one-shot measurement on s21-s40 with the retrained tower (activated by retrain when
    not worse; otherwise activated here only to measure it, and said so).
 
-    python benchmarks/retrain_orl.py [--model models/faces-v1] [--epochs 5] [--lr 1e-4]
+    python benchmarks/retrain_orl.py [--model NAME] [--epochs 5] [--lr 1e-4]
 """
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from siamese_index.pairs import write_pairs_csv  # noqa: E402  (after the path is set)
+from siamese_index.config import DEFAULT_MODEL_NAME  # noqa: E402  (after the path is set)
+from siamese_index.pairs import write_pairs_csv  # noqa: E402
 ORL = Path(__file__).resolve().parents[2] / "shared" / "data" / "orl_faces"
 
 TRAIN_PEOPLE = [f"s{i}" for i in range(1, 21)]
@@ -62,7 +63,7 @@ def pairs_csv(folder: Path, people: list[str], seed: int) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=None, help="Face model directory (default: models/faces-v1).")
+    ap.add_argument("--model", default=None, help="Face model directory (default: the default face tower).")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -72,7 +73,7 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if not ORL.is_dir():
         sys.exit(f"ORL faces not found at {ORL}")
-    model = Path(args.model) if args.model else ROOT / "models" / "faces-v1"
+    model = Path(args.model) if args.model else ROOT / "models" / DEFAULT_MODEL_NAME
     if not (model / "config.json").is_file():
         sys.exit(f"no model directory at {model} (pass --model)")
 
