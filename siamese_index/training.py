@@ -106,6 +106,8 @@ def train(
     )
 
     opt = options
+    if opt.proxy_weight > 0 and opt.mode != "batch":
+        raise InvalidData("the proxy (CosFace) loss needs batch mode: pairs mode has no identity labels")
     keras.utils.set_random_seed(opt.seed)
     rng = np.random.default_rng(opt.seed)
     train_ids, val_ids = split_identities(data.labels, opt.val_fraction, opt.seed)
@@ -158,8 +160,6 @@ def train(
                     yield (train_set.x[a[sl]].astype(np.float32), train_set.x[b[sl]].astype(np.float32)), y[sl].astype(np.float32)
     else:
         raise InvalidData(f"unknown training mode {opt.mode!r}; choose batch or pairs")
-    if opt.proxy_weight > 0 and opt.mode != "batch":
-        raise InvalidData("the proxy (CosFace) loss needs batch mode: pairs mode has no identity labels")
 
     history: list[dict] = []
     best = {"auc": -1.0, "weights": None, "epoch": 0}
