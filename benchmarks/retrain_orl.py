@@ -8,7 +8,7 @@
 3. The same one-shot measurement on s21-s40 with the retrained tower (activated by retrain when
    not worse; otherwise activated here only to measure it, and said so).
 
-    python benchmarks/retrain_orl.py [--model NAME] [--epochs 5] [--lr 1e-4]
+    python benchmarks/retrain_orl.py [--model DIR] [--epochs 5] [--lr 1e-4]
 """
 from __future__ import annotations
 
