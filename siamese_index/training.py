@@ -13,7 +13,7 @@ from .errors import InvalidData
 from .evaluation import best_threshold, impostor_far_table, n_way_accuracy, one_shot_split, rank_k, verification_report
 from .images import Preprocessing
 from .model import DEFAULT_ARCH, contrastive_loss_np
-from .modeldir import ModelConfig, library_versions, write_model_dir
+from .modeldir import WEIGHTS_NAME, ModelConfig, library_versions, read_config, write_model_dir
 from .pairs import sample_pairs, split_identities
 
 
@@ -231,8 +231,6 @@ def _load_init_weights(tower, opt: TrainOptions, data: Dataset, val_ids, source:
     Refuses a parent that trained on any of this run's validation people (same data source):
     the threshold calibrated on them would then flatter the tower.
     """
-    from .modeldir import WEIGHTS_NAME, read_config
-
     parent = read_config(Path(opt.init_from))
     if parent.arch != opt.arch or tuple(parent.input_shape) != tuple(tower.input_shape[1:]) \
             or int(parent.embedding_dim) != int(tower.output_shape[-1]):
