@@ -6,7 +6,7 @@ refused with the reason, so the gallery holds one clear face per photo.
 """
 from __future__ import annotations
 
-from functools import lru_cache
+import threading
 
 import numpy as np
 from PIL import Image
@@ -21,13 +21,21 @@ SECOND_FACE_RATIO = 0.5
 ALREADY_CROPPED = 0.65
 
 
-@lru_cache(maxsize=1)
-def _cascade():
-    import cv2
+# One cascade per thread: a CascadeClassifier shared by threads (the data loader's pool, the
+# HTTP service's handlers) now and then returns another thread's boxes, so the same photo
+# could be cropped differently from one run to the next.
+_local = threading.local()
 
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-    if cascade.empty():
-        raise RuntimeError("OpenCV's frontal face cascade could not be loaded")
+
+def _cascade():
+    cascade = getattr(_local, "cascade", None)
+    if cascade is None:
+        import cv2
+
+        cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+        if cascade.empty():
+            raise RuntimeError("OpenCV's frontal face cascade could not be loaded")
+        _local.cascade = cascade
     return cascade
 
 

@@ -72,3 +72,20 @@ def test_a_photo_that_is_already_a_face_crop_is_used_whole():
     tight = im.crop((x - w // 10, y - h // 10, x + w + w // 10, y + h + h // 5))  # like an ID photo or ORL
     box, _ = face_box_for(tight, OFFSETS, strict=True, name="id.jpg")
     assert box == (0, 0, tight.width, tight.height)
+
+
+def test_detection_from_many_threads_matches_one_thread():
+    # The data loader and the HTTP service detect faces from several threads at once.
+    from concurrent.futures import ThreadPoolExecutor
+
+    face = _lfw_photo()
+    photos = []
+    for i in range(12):
+        canvas = Image.new("RGB", (420 + 20 * i, 380), (40 + 10 * i, 90, 120))
+        canvas.paste(face.resize((200 + 5 * i, 200 + 5 * i)), (10 * i, 15 + 5 * i))
+        photos.append(canvas)
+    expected = [detect_faces(p) for p in photos]
+    assert all(expected)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for _ in range(10):
+            assert list(pool.map(detect_faces, photos)) == expected
