@@ -216,7 +216,7 @@ def train(
             "learning_rate": opt.learning_rate, "steps_per_epoch": steps, "group_batches": opt.group_batches,
             "proxy_weight": opt.proxy_weight, "init_from": parent_id, "train_identities": int(len(train_ids)),
             "train_images": int(len(train_set)), "val_identities": int(len(val_ids)), "val_images": int(len(val_set)),
-            "val_identity_names": [data.names[i] for i in val_ids][:2000], "seconds": round(train_seconds, 1),
+            "val_identity_names": [data.names[i] for i in val_ids], "seconds": round(train_seconds, 1),
             "skipped_files": len(data.skipped),
         },
         versions=library_versions(),

@@ -127,3 +127,20 @@ def test_proxy_loss_needs_batch_mode(trained, tmp_path):
     with pytest.raises(InvalidData, match="batch mode"):
         train(data, tmp_path / "p", TrainOptions(arch="seed-conv", mode="pairs", epochs=1, steps_per_epoch=1,
                                                  proxy_weight=1.0), PREP)
+
+
+def test_init_accepts_a_parent_with_thousands_of_validation_people(tmp_path):
+    # Every validation name is recorded: a parent with more than a few thousand of them is
+    # still recognised as having held out this run's validation people (same seed and split).
+    from siamese_index.datasets import Dataset
+
+    n_ids = 2600
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(n_ids), 2)
+    x = (rng.normal(size=(n_ids, 8))[labels] + 0.1 * rng.normal(size=(len(labels), 8))).astype(np.float32)
+    data = Dataset(x, labels, [f"p{i}" for i in range(n_ids)], [""] * n_ids, [f"row{i}" for i in range(len(labels))])
+    opts = dict(arch="dense", epochs=1, seed=3, val_fraction=0.8, steps_per_epoch=1)
+    parent = train(data, tmp_path / "parent", TrainOptions(**opts), None, source="vectors.npz")
+    assert len(parent.training["val_identity_names"]) == parent.training["val_identities"] > 2000
+    child = train(data, tmp_path / "child", TrainOptions(**opts, init_from=tmp_path / "parent"), None, source="vectors.npz")
+    assert child.training["init_from"] == parent.model_id
