@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .errors import InvalidData, NotFound
-from .storage.db import embeddings, feedback, identities, images, now_iso
+from .storage.db import blob_vector, embeddings, feedback, identities, images, now_iso
 
 MAX_QUERY_BYTES = 16 * 1024 * 1024
 
@@ -26,13 +26,13 @@ def record(idx, query, *, is_id: str | None = None, is_not: str | None = None) -
     "distance", "threshold", "model_version", "model_agreed", "replaced"}: distance is from the
     query to the person's nearest photo under the serving version; model_agreed says whether
     that version's pair threshold already gave the recorded answer (None when unknown)."""
-    from .index import _read_source
+    from .sources import read_source
 
     idx._check_open()
     if (is_id is None) == (is_not is None):
         raise InvalidData("give exactly one of --is ID (the query shows this person) or --is-not ID (it does not)")
     external_id, label = (is_id, 1) if is_id is not None else (is_not, 0)
-    src = _read_source(query)
+    src = read_source(query)
     if len(src.data) > MAX_QUERY_BYTES:
         raise InvalidData(f"{src.label}: {len(src.data)} bytes; feedback keeps query photos up to {MAX_QUERY_BYTES}")
     mv, embedder = idx._model_snapshot()
@@ -44,7 +44,7 @@ def record(idx, query, *, is_id: str | None = None, is_not: str | None = None) -
             raise NotFound(f"no enrolled identity {external_id!r}")
         blobs = conn.execute(select(embeddings.c.vector).join(images, images.c.id == embeddings.c.image_id)
                              .where(images.c.identity_id == ident.id, embeddings.c.model_version == mv)).scalars().all()
-    vecs = [np.frombuffer(b, dtype="<f4") for b in blobs if b is not None and len(b) == len(vec) * 4]
+    vecs = [v for v in (blob_vector(b, len(vec)) for b in blobs) if v is not None]
     distance = float(min(np.linalg.norm(v - vec) for v in vecs)) if vecs else None
     with idx._db.write(bump=False) as txn:  # nothing a lookup reads changes
         conn = txn.conn

@@ -17,14 +17,9 @@ library never prints and never configures logging.
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
 import os
-import shutil
-import sqlite3
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,42 +31,35 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 from . import calibration
 from .calibration import OperatingPoint
 from .config import MODELS_DIR, resolve_home, resolve_model_dir
-from .errors import Busy, IndexStale, InvalidData, InvalidImage, ModelError, ModelMismatch, NotFound
-from .fsutil import atomic_write
+from .errors import Busy, InvalidData, InvalidImage, ModelError, ModelMismatch, NotFound
 from .images import is_image_file
+from .copies import IMAGES_DIR, PENDING_NAME, recover_pending_copies, store_copy, unlink_copy, write_pending
+from .maintenance import Maintenance
+from .sources import Source, as_list, read_source
 from .storage.db import (
     DB_NAME,
     LOCK_NAME,
     Database,
     WriteTxn,
+    blob_vector,
     embeddings,
     identities,
     images,
+    in_chunks,
     model_versions,
     now_iso,
+    vector_blob,
 )
-from .storage.vectors import (
-    INDEX_NAME,
-    VectorIndex,
-    id_set_sha256,
-    load_or_rebuild,
-    read_stamp,
-    stale_reasons,
-)
+from .storage.vectors import INDEX_NAME, VectorIndex, load_or_rebuild
 from .types import EnrollResult, Identification, Match, Person, Verification
 
 log = logging.getLogger(__name__)
 
-IMAGES_DIR = "images"
-PENDING_NAME = ".pending-copies"  # copies written by an uncommitted enrollment (crash recovery)
 EMBED_BATCH = 256
 MAX_ID_LENGTH = 200
-MAX_FILE_BYTES = int(os.environ.get("SIAMESE_INDEX_MAX_FILE_BYTES", 256 * 1024 * 1024))
 MIN_HASH_PREFIX = 6
 _HOME_NAMES = (DB_NAME, LOCK_NAME, IMAGES_DIR, INDEX_NAME, PENDING_NAME.lstrip("."), "models", "version.lock",
                "near-cache")
-_FORMAT_EXT = {"JPEG": ".jpg", "PNG": ".png", "PPM": ".pnm", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif",
-               "GIF": ".gif", "HEIF": ".heic", "MPO": ".jpg"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,61 +67,6 @@ _FORMAT_EXT = {"JPEG": ".jpg", "PNG": ".png", "PPM": ".pnm", "BMP": ".bmp", "WEB
 # ---------------------------------------------------------------------------------------------
 class _ModelSwitched(Exception):
     """Internal: the active model version changed between embedding and writing."""
-
-
-@dataclass
-class _Source:
-    label: str
-    data: bytes
-    sha256: str
-    ext: str
-    width: int | None
-    height: int | None
-
-
-def _as_list(sources) -> list:
-    """One source (path, bytes, or (name, bytes)) or a sequence of them -> a list."""
-    if isinstance(sources, (str, os.PathLike, bytes, bytearray)):
-        return [sources]
-    if isinstance(sources, tuple) and len(sources) == 2 and isinstance(sources[1], (bytes, bytearray, memoryview)):
-        return [sources]
-    return list(sources)
-
-
-def _read_source(source) -> _Source:
-    """Read a path, bytes or (name, bytes); hash it; peek at its header. Raises InvalidImage."""
-    if isinstance(source, tuple) and len(source) == 2:
-        label, data = str(source[0]), bytes(source[1])
-    elif isinstance(source, (bytes, bytearray, memoryview)):
-        label, data = "<bytes>", bytes(source)
-    else:
-        path = Path(source)
-        label = str(source)
-        if not path.exists():
-            raise InvalidImage(label, "no such file")
-        if not path.is_file():
-            raise InvalidImage(label, "not a regular file")
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise InvalidImage(label, f"file too large ({size} bytes, cap {MAX_FILE_BYTES})")
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise InvalidImage(label, f"cannot read ({e.strerror or e})") from e
-    if not data:
-        raise InvalidImage(label, "empty file")
-    if len(data) > MAX_FILE_BYTES:
-        raise InvalidImage(label, f"file too large ({len(data)} bytes, cap {MAX_FILE_BYTES})")
-    fmt, width, height = None, None, None
-    try:
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as im:
-            fmt, (width, height) = im.format, im.size
-    except Exception:  # noqa: BLE001 - the embedder's prepare() reports unreadable images properly
-        pass
-    ext = _FORMAT_EXT.get(fmt or "", "." + fmt.lower() if fmt else ".img")
-    return _Source(label, data, hashlib.sha256(data).hexdigest(), ext, width, height)
 
 
 def _check_id(external_id) -> str:
@@ -170,57 +103,6 @@ def _merge_meta(old: dict, new: dict | None) -> dict:
         else:
             merged[k] = v
     return merged
-
-
-def _blob(vector: np.ndarray) -> bytes:
-    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
-
-
-def _unblob(blob: bytes, dim: int) -> np.ndarray | None:
-    if blob is None or len(blob) != dim * 4:
-        return None
-    v = np.frombuffer(blob, dtype="<f4").astype(np.float32)
-    return v if np.isfinite(v).all() else None
-
-
-def _chunks(seq: Sequence, n: int = 500) -> Iterable[Sequence]:
-    for i in range(0, len(seq), n):
-        yield seq[i : i + n]
-
-
-def _recover_pending_copies(db: Database) -> list[str]:
-    """Delete the copies an interrupted enrollment wrote but never committed (caller holds the
-    writer lock). The list of such copies is written before they are, and removed after commit."""
-    pending = db.path.parent / PENDING_NAME
-    if not pending.is_file():
-        return []
-    removed = []
-    with db.read() as conn:
-        for rel in pending.read_text().split("\n"):
-            rel = rel.strip()
-            if not rel or ".." in Path(rel).parts:
-                continue
-            used = conn.execute(select(func.count()).select_from(images).where(images.c.stored_path == rel)).scalar()
-            if not used:
-                if _unlink_copy(db.path.parent / rel):
-                    removed.append(rel)
-    pending.unlink()
-    if removed:
-        log.info("removed %d image copies left by an interrupted enrollment", len(removed))
-    return removed
-
-
-def _unlink_copy(path: Path) -> bool:
-    """Delete a stored copy and its two-letter folder when that is left empty."""
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return False
-    try:
-        path.parent.rmdir()
-    except OSError:
-        pass
-    return True
 
 
 def _model_path(home: Path | None, model_dir) -> Path:
@@ -275,7 +157,7 @@ def _info_from_model_dir(model_dir: Path) -> tuple[_ModelInfo, object | None]:
 # ---------------------------------------------------------------------------------------------
 # The facade
 # ---------------------------------------------------------------------------------------------
-class SiameseIndex:
+class SiameseIndex(Maintenance):
     """One home: enroll identities, identify and verify images, manage and check the index.
 
     Create with SiameseIndex.open(); close with close() or a `with` block. Thread-safe.
@@ -415,7 +297,7 @@ class SiameseIndex:
                 pass
             else:
                 try:
-                    _recover_pending_copies(db)
+                    recover_pending_copies(db)
                 finally:
                     db.lock.release()
         try:  # what an interrupted retrain or activation left behind (skipped while one runs)
@@ -518,7 +400,7 @@ class SiameseIndex:
         rows = conn.execute(query).all()
         ids, vecs = [], []
         for image_id, blob in rows:
-            v = np.frombuffer(blob, dtype="<f4").astype(np.float32)
+            v = blob_vector(blob)
             ids.append(image_id)
             vecs.append(v)
         if not ids:
@@ -664,7 +546,7 @@ class SiameseIndex:
             raise ModelError("the model returned non-finite embeddings")
         return vecs
 
-    def _prepare(self, src: _Source, strict_face: bool, embedder=None) -> tuple[np.ndarray, list[str]]:
+    def _prepare(self, src: Source, strict_face: bool, embedder=None) -> tuple[np.ndarray, list[str]]:
         embedder = embedder if embedder is not None else self._get_embedder()
         arr, warnings = embedder.prepare(src.data, name=src.label, strict_face=strict_face)
         return arr, list(warnings or [])
@@ -673,7 +555,7 @@ class SiameseIndex:
     def _identity_of(self, conn: Connection, image_ids: Iterable[int]) -> dict[int, tuple[str, str | None]]:
         ids = sorted({int(i) for i in image_ids if i >= 0})
         out: dict[int, tuple[str, str | None]] = {}
-        for chunk in _chunks(ids):
+        for chunk in in_chunks(ids):
             rows = conn.execute(
                 select(images.c.id, identities.c.external_id, identities.c.name)
                 .join(identities, identities.c.id == images.c.identity_id)
@@ -746,16 +628,16 @@ class SiameseIndex:
         meta = _check_meta(meta)
         if name is not None and not isinstance(name, str):
             raise InvalidData("name must be text")
-        sources = _as_list(sources)
+        sources = as_list(sources)
         if not sources:
             raise InvalidData("no images given")
         results: list[EnrollResult | None] = [None] * len(sources)
         first_of: dict[str, int] = {}
         same_as: dict[int, int] = {}
-        new: list[tuple[int, _Source]] = []
+        new: list[tuple[int, Source]] = []
         for pos, source in enumerate(sources):
             try:
-                src = _read_source(source)
+                src = read_source(source)
             except InvalidImage as e:
                 results[pos] = EnrollResult(e.path, "failed", reason=e.reason, identity=external_id)
                 continue
@@ -772,7 +654,7 @@ class SiameseIndex:
             with self._db.read() as conn:
                 existing = self._images_by_hash(conn, external_id)
                 row = conn.execute(select(identities).where(identities.c.external_id == external_id)).first()
-            todo: list[tuple[int, _Source, np.ndarray, list[str]]] = []
+            todo: list[tuple[int, Source, np.ndarray, list[str]]] = []
             for pos, src in new:
                 if src.sha256 in existing:
                     results[pos] = EnrollResult(src.label, "exists", image_id=existing[src.sha256],
@@ -837,32 +719,17 @@ class SiameseIndex:
         ).all()
         return {r.content_sha256: r.id for r in rows}
 
-    @staticmethod
-    def _copy_path(src: _Source) -> str:
-        return f"{IMAGES_DIR}/{src.sha256[:2]}/{src.sha256}{src.ext}"
-
-    def _store_copy(self, src: _Source) -> tuple[str, bool]:
-        """Write the content-addressed copy (temp + rename). Returns (relative path, created)."""
-        rel = self._copy_path(src)
-        path = self.home / rel
-        if path.is_file() and path.stat().st_size == len(src.data):
-            return rel, False
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (self.home / IMAGES_DIR).chmod(0o700)
-        atomic_write(path, src.data, mode=0o600)
-        return rel, True
-
     def _enroll_write(self, external_id, name, meta, todo, vectors, results, mv: int | None = None) -> None:
         created_files: list[Path] = []
         added_ids: list[int] = []
         added_vecs: list[np.ndarray] = []
         pending = self.home / PENDING_NAME
         with self._db.lock:
-            _recover_pending_copies(self._db)
+            recover_pending_copies(self._db)
             if self.keep_images and todo:
                 # Say which copies are about to be written, so a crash before the commit leaves
-                # nothing behind once the home is opened again (see _recover_pending_copies).
-                atomic_write(pending, "\n".join(self._copy_path(t[1]) for t in todo).encode(), mode=0o600)
+                # nothing behind once the home is opened again (see recover_pending_copies).
+                write_pending(self.home, [t[1] for t in todo])
             try:
                 with self._db.write() as txn:
                     conn = txn.conn
@@ -896,7 +763,7 @@ class SiameseIndex:
                             continue
                         stored = None
                         if self.keep_images:
-                            stored, created = self._store_copy(src)
+                            stored, created = store_copy(self.home, src)
                             if created:
                                 created_files.append(self.home / stored)
                         image_id = conn.execute(insert(images).values(
@@ -904,7 +771,7 @@ class SiameseIndex:
                             height=src.height, bytes=len(src.data), stored_path=stored,
                             created_at=now)).inserted_primary_key[0]
                         conn.execute(insert(embeddings).values(image_id=image_id, model_version=self._mv,
-                                                               vector=_blob(vec), created_at=now))
+                                                               vector=vector_blob(vec), created_at=now))
                         existing[src.sha256] = image_id
                         added_ids.append(int(image_id))
                         added_vecs.append(vec)
@@ -918,7 +785,7 @@ class SiameseIndex:
                                                     warnings=tuple(warnings), identity=external_id)
             except BaseException:
                 for path in created_files:  # rolled back: remove the copies it wrote
-                    _unlink_copy(path)
+                    unlink_copy(path)
                 pending.unlink(missing_ok=True)
                 raise
             pending.unlink(missing_ok=True)  # committed: the copies now belong to the database
@@ -989,7 +856,7 @@ class SiameseIndex:
             ).all() if n >= calibration.MIN_GALLERY_FOR_EMPIRICAL else []
         minima = None
         if rows:
-            good = [(_unblob(r.vector, self.dim), r.identity_id) for r in rows]
+            good = [(blob_vector(r.vector, self.dim), r.identity_id) for r in rows]
             good = [(v, lab) for v, lab in good if v is not None]
             minima = calibration.leave_one_identity_out_minima(np.stack([g[0] for g in good]),
                                                                np.asarray([g[1] for g in good]))
@@ -1015,11 +882,11 @@ class SiameseIndex:
         self._check_open()
         if int(k) < 1:
             raise InvalidData(f"k must be >= 1, got {k}")
-        sources = _as_list(sources)
+        sources = as_list(sources)
         read: list = []
         for source in sources:
             try:
-                read.append(_read_source(source))
+                read.append(read_source(source))
             except InvalidImage as e:
                 read.append(e)
         for _attempt in range(3):
@@ -1163,7 +1030,7 @@ class SiameseIndex:
     def _delete_images(self, conn: Connection, rows) -> list[Path]:
         """Delete image rows and their embeddings; return stored copies no other row references."""
         ids = [r.id for r in rows]
-        for chunk in _chunks(ids):
+        for chunk in in_chunks(ids):
             conn.execute(delete(embeddings).where(embeddings.c.image_id.in_(chunk)))
             conn.execute(delete(images).where(images.c.id.in_(chunk)))
         unlink = []
@@ -1177,7 +1044,7 @@ class SiameseIndex:
         n = 0
         for p in paths:
             try:
-                n += _unlink_copy(p)
+                n += unlink_copy(p)
             except OSError as e:
                 log.warning("could not delete %s (check --repair removes it): %s", p, e)
         self._db.checkpoint()  # fold the WAL so no old page of the deleted rows survives
@@ -1269,287 +1136,12 @@ class SiameseIndex:
         return {"id": external_id, "into": into_id, "moved": int(moved), "duplicates_dropped": len(dupes)}
 
     # -- status, check, backup -----------------------------------------------------------------
-    def _counts(self, conn: Connection) -> dict:
-        def scalar(stmt):
-            return int(conn.execute(stmt).scalar() or 0)
-
-        return {
-            "identities": scalar(select(func.count()).select_from(identities)),
-            "identities_with_images": scalar(select(func.count(func.distinct(images.c.identity_id)))),
-            "images": scalar(select(func.count()).select_from(images)),
-            "embeddings": scalar(select(func.count()).select_from(embeddings).where(embeddings.c.model_version == self._mv)),
-            "stored_images": scalar(select(func.count(func.distinct(images.c.stored_path)))),
-        }
-
-    def status(self) -> dict:
-        """A summary: home, schema, model, counts, FAISS stamp, operating point, quick consistency.
-
-        Keys: home, database, schema_version, change_counter, keep_images, model {version,
-        model_id, model_dir, dim, threshold, threshold_method}, counts {identities,
-        identities_with_images, images, embeddings, stored_images}, index {path, stamp, loaded,
-        vectors, generation, last_sync}, operating_point {threshold, method, gallery_size,
-        target_far, margin}, consistency {ok, problems}."""
-        self._check_open()
-        self.refresh()
-        with self._db.read() as conn:
-            counter = Database.get_counter(conn)
-            counts = self._counts(conn)
-            sqlite_ids = self._active_ids(conn)
-            schema = self._db.schema_version(conn)
-            mv = conn.execute(select(model_versions).where(model_versions.c.id == self._mv)).one()
-            generation = int(Database.get_meta(conn, "index_generation", "1"))
-            stored = conn.execute(select(func.distinct(images.c.stored_path)).where(images.c.stored_path.is_not(None))).scalars().all()
-        problems = []
-        with self._lock:
-            mem_ids = self._vectors.ids() if self._vectors is not None else np.zeros(0, np.int64)
-            synced = self._synced
-            last_sync = {k: v for k, v in self._sync_info.items() if k != "stamp"}
-        if synced == counter and id_set_sha256(mem_ids) != id_set_sha256(sqlite_ids):
-            problems.append(f"the loaded FAISS index holds {len(mem_ids)} vectors, SQLite {len(sqlite_ids)}")
-        stamp = read_stamp(self.index_path)
-        file_problems = []
-        if stamp is None or not self.index_path.is_file():
-            file_problems.append("the FAISS file is missing (it is rebuilt on the next open or check --repair)")
-        else:
-            reasons = stale_reasons(stamp, model_id=self.model_id, dim=self.dim, generation=generation,
-                                    expected_ids=sqlite_ids)
-            file_problems.extend(f"the FAISS file is stale: {r}" for r in reasons)
-        if file_problems:
-            try:  # a writer between its commit and its save is not a problem
-                self._db.lock.acquire(timeout=0)
-            except Busy:
-                file_problems = []
-            else:
-                self._db.lock.release()
-        problems.extend(file_problems)
-        missing = [p for p in stored if not (self.home / p).is_file()]
-        if missing:
-            problems.append(f"{len(missing)} stored image copies are missing")
-        op = self.operating_point()
-        scores = json.loads(mv.scores or "{}")
-        return {
-            "home": str(self.home),
-            "database": str(self._db.path),
-            "schema_version": schema,
-            "change_counter": counter,
-            "keep_images": self.keep_images,
-            "model": {"version": mv.id, "model_id": mv.model_id, "model_dir": mv.model_dir, "dim": mv.dim,
-                      "threshold": self.threshold, "threshold_method": scores.get("threshold_method")},
-            "counts": counts,
-            "index": {"path": str(self.index_path), "stamp": stamp, "loaded": len(mem_ids), "vectors": len(sqlite_ids),
-                      "generation": generation, "last_sync": last_sync},
-            "operating_point": op.to_dict(),
-            "consistency": {"ok": not problems, "problems": problems},
-        }
-
-    def check(self, repair: bool = False) -> dict:
-        """Verify that SQLite, the FAISS file and the stored copies agree; with repair, fix them.
-
-        Holds the writer lock while it runs. Returns {"ok", "problems", "repaired", "unrepaired",
-        "checked"}: ok is True when nothing was wrong; problems is a list of {"kind", "detail"}
-        (kinds: database, index_file, index_memory, bad_embedding, missing_embedding,
-        missing_file, corrupt_file, orphan_file); repaired lists what was fixed, unrepaired what
-        needs a person (e.g. restore from a backup). Repairs: FAISS rebuilt from SQLite and
-        saved; orphan and corrupt copies deleted; rows whose copy is lost forget it; unusable
-        embeddings deleted and re-embedded from the stored copy when there is one."""
-        self._check_open()
-        problems: list[dict] = []
-        repaired: list[str] = []
-        unrepaired: list[str] = []
-
-        def problem(kind, detail):
-            problems.append({"kind": kind, "detail": detail})
-
-        with self._db.lock:
-            for p in self._db.integrity_problems():
-                problem("database", p)
-                unrepaired.append(f"database: {p} (restore a backup)")
-            with self._db.read() as conn:
-                counter = Database.get_counter(conn)
-                generation = int(Database.get_meta(conn, "index_generation", "1"))
-                sqlite_ids = self._active_ids(conn)
-                emb_rows = conn.execute(select(embeddings.c.image_id, embeddings.c.vector)
-                                        .where(embeddings.c.model_version == self._mv)).all()
-                img_rows = conn.execute(
-                    select(images.c.id, images.c.content_sha256, images.c.stored_path, images.c.source_name,
-                           identities.c.external_id).join(identities, identities.c.id == images.c.identity_id)).all()
-            bad_emb = [r.image_id for r in emb_rows if _unblob(r.vector, self.dim) is None]
-            for i in bad_emb:
-                problem("bad_embedding", f"image {i}: stored embedding is not {self.dim} finite float32 values")
-            have_emb = {r.image_id for r in emb_rows} - set(bad_emb)
-            no_emb = [r for r in img_rows if r.id not in have_emb]
-            for r in no_emb:
-                if r.id not in bad_emb:
-                    problem("missing_embedding", f"image {r.id} of {r.external_id} has no embedding for {self.model_id}")
-            # The FAISS file and the in-memory index.
-            try:
-                _, stamp = VectorIndex.load(self.index_path, self.dim)
-                for reason in stale_reasons(stamp, model_id=self.model_id, dim=self.dim, generation=generation,
-                                            expected_ids=np.setdiff1d(sqlite_ids, bad_emb)):
-                    problem("index_file", reason)
-            except IndexStale as e:
-                problem("index_file", str(e))
-            with self._lock:  # not loaded yet (open(sync=False)), or behind another writer: nothing to compare
-                mem = self._vectors.ids() if self._vectors is not None and self._synced == counter else None
-            if mem is not None and id_set_sha256(mem) != id_set_sha256(np.setdiff1d(sqlite_ids, bad_emb)):
-                problem("index_memory", "the loaded FAISS index does not hold SQLite's vectors")
-            # Stored copies.
-            referenced: dict[str, str] = {}
-            for r in img_rows:
-                if r.stored_path:
-                    referenced[r.stored_path] = r.content_sha256
-            missing, corrupt = [], []
-            for rel, sha in sorted(referenced.items()):
-                path = self.home / rel
-                if not path.is_file():
-                    missing.append(rel)
-                    problem("missing_file", f"{rel} is gone")
-                elif hashlib.sha256(path.read_bytes()).hexdigest() != sha:
-                    corrupt.append(rel)
-                    problem("corrupt_file", f"{rel} does not match its content hash")
-            orphans = []
-            img_dir = self.home / IMAGES_DIR
-            if img_dir.is_dir():
-                for path in sorted(img_dir.rglob("*")):
-                    if path.is_file() and path.relative_to(self.home).as_posix() not in referenced:
-                        orphans.append(path)
-                        problem("orphan_file", f"{path.relative_to(self.home).as_posix()} belongs to no image")
-
-            if repair and problems:
-                self._repair(bad_emb, no_emb, missing, corrupt, orphans, repaired, unrepaired)
-            elif not repair:
-                unrepaired = [f"{p['kind']}: {p['detail']}" for p in problems]
-        return {"ok": not problems, "problems": problems, "repaired": repaired, "unrepaired": unrepaired,
-                "checked": {"images": len(img_rows), "embeddings": len(emb_rows), "stored_files": len(referenced)}}
-
-    def _repair(self, bad_emb, no_emb, missing, corrupt, orphans, repaired, unrepaired) -> None:
-        for path in orphans:
-            try:
-                _unlink_copy(path)
-                repaired.append(f"deleted orphan {path.relative_to(self.home).as_posix()}")
-            except OSError as e:
-                unrepaired.append(f"could not delete {path}: {e}")
-        for rel in corrupt:
-            try:
-                _unlink_copy(self.home / rel)
-            except OSError:
-                pass
-        lost = missing + corrupt
-        reembed = []
-        with self._db.write() as txn:
-            conn = txn.conn
-            for chunk in _chunks(lost):
-                conn.execute(update(images).where(images.c.stored_path.in_(chunk)).values(stored_path=None))
-            for rel in lost:
-                repaired.append(f"forgot the lost copy {rel} (re-enroll that photo to keep one)")
-            for chunk in _chunks(bad_emb):
-                conn.execute(delete(embeddings).where(embeddings.c.image_id.in_(chunk),
-                                                      embeddings.c.model_version == self._mv))
-            need = {r.id: r for r in no_emb} | {i: None for i in bad_emb if i not in {r.id for r in no_emb}}
-            if need:
-                rows = conn.execute(select(images.c.id, images.c.stored_path, images.c.source_name,
-                                           identities.c.external_id)
-                                    .join(identities, identities.c.id == images.c.identity_id)
-                                    .where(images.c.id.in_(list(need)))).all()
-                for r in rows:
-                    if r.stored_path and (self.home / r.stored_path).is_file():
-                        reembed.append(r)
-                    else:
-                        unrepaired.append(f"image {r.id} ({r.source_name}) of {r.external_id} has no usable "
-                                          f"embedding and no stored copy: re-enroll it or remove it with remove-image")
-                if reembed:
-                    arrays, ok = [], []
-                    for r in reembed:
-                        try:
-                            src = _read_source(self.home / r.stored_path)
-                            arrays.append(self._prepare(src, strict_face=False)[0])
-                            ok.append(r)
-                        except InvalidImage as e:
-                            unrepaired.append(f"image {r.id} of {r.external_id}: its stored copy is unusable ({e.reason})")
-                    vecs = self._embed(arrays)
-                    now = now_iso()
-                    for r, v in zip(ok, vecs):
-                        conn.execute(insert(embeddings).values(image_id=r.id, model_version=self._mv,
-                                                               vector=_blob(v), created_at=now))
-                        repaired.append(f"re-embedded image {r.id} of {r.external_id} from its stored copy")
-        # Rebuild FAISS from SQLite unconditionally and save it.
-        with self._lock:
-            with self._db.read() as conn:
-                counter = Database.get_counter(conn)
-                self._generation = int(Database.get_meta(conn, "index_generation", "1"))
-                ids, vecs = self._fetch_vectors(conn)
-            self._vectors = VectorIndex.build(self.dim, ids, vecs)
-            self._synced = counter
-            self._sync_info = {"source": "rebuilt", "reason": "check --repair"}
-            self._op_cache = None
-            self._save_index()
-        repaired.append(f"rebuilt the FAISS index from SQLite ({len(ids)} vectors)")
-
-    def backup(self, path) -> dict:
-        """Write a consistent copy of the home to a new folder `path` (safe while the index is in
-        use): the database through SQLite's online backup API, then the stored image copies.
-        The FAISS cache is not copied (it is rebuilt when the copy is opened). Refuses an existing
-        non-empty target. Returns {"path", "identities", "images", "stored_images",
-        "missing_images", "bytes"}."""
-        self._check_open()
-        target = Path(path).expanduser().absolute()
-        if target.exists() and (not target.is_dir() or any(target.iterdir())):
-            raise InvalidData(f"{target}: already exists and is not empty; back up to a new folder")
-        home = self.home.resolve()
-        if target.resolve() == home or home in target.resolve().parents:
-            raise InvalidData(f"{target}: a backup cannot go inside the home it copies")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            os.chmod(tmp, 0o700)
-            db_copy = tmp / DB_NAME
-            self._db.backup_to(db_copy)
-            conn = sqlite3.connect(db_copy, isolation_level=None)
-            try:
-                rows = conn.execute("SELECT id, stored_path FROM images WHERE stored_path IS NOT NULL").fetchall()
-                n_ident = conn.execute("SELECT COUNT(*) FROM identities").fetchone()[0]
-                n_img = conn.execute("SELECT COUNT(*) FROM images").fetchone()[0]
-                copied, missing, total = set(), 0, 0
-                for image_id, rel in rows:
-                    if rel in copied:
-                        continue
-                    src = self.home / rel
-                    dst = tmp / rel
-                    dst.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                    try:
-                        shutil.copyfile(src, dst)
-                        os.chmod(dst, 0o600)
-                    except FileNotFoundError:  # removed after the snapshot, or already lost
-                        conn.execute("UPDATE images SET stored_path = NULL WHERE stored_path = ?", (rel,))
-                        missing += 1
-                        continue
-                    copied.add(rel)
-                    total += dst.stat().st_size
-                # The model versions kept in the home (retrain, reembed): model_dir "models/N".
-                for (rel,) in conn.execute("SELECT model_dir FROM model_versions WHERE model_dir LIKE 'models/%'"):
-                    if ".." not in Path(rel).parts and (self.home / rel).is_dir():
-                        shutil.copytree(self.home / rel, tmp / rel)
-                        total += sum(f.stat().st_size for f in (tmp / rel).rglob("*") if f.is_file())
-                conn.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
-            finally:
-                conn.close()
-            os.chmod(db_copy, 0o600)
-            total += db_copy.stat().st_size
-            if target.exists():
-                target.rmdir()
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return {"path": str(target), "identities": int(n_ident), "images": int(n_img),
-                "stored_images": len(copied), "missing_images": missing, "bytes": total}
-
 
 def _verify_with(embedder, a, b, threshold: float | None) -> Verification:
     t = embedder.threshold if threshold is None else float(threshold)
     if t is None:
         raise ModelError(f"model {embedder.model_id} has no calibrated threshold: pass one")
-    sa, sb = _read_source(a), _read_source(b)
+    sa, sb = read_source(a), read_source(b)
     xa, wa = embedder.prepare(sa.data, name=sa.label, strict_face=False)
     xb, wb = embedder.prepare(sb.data, name=sb.label, strict_face=False)
     va, vb = np.asarray(embedder.embed_batch(np.stack([xa, xb])), dtype=np.float64)

@@ -146,7 +146,7 @@ class PairSet:
 
 def add_csv_pairs(ps: PairSet, path) -> None:
     """The CSV's pairs; every bad row is reported by line number (InvalidData) before training."""
-    from .index import _read_source
+    from .sources import read_source
     from .pairs import _read_csv, read_pairs_file
 
     path = Path(path)
@@ -164,7 +164,7 @@ def add_csv_pairs(ps: PairSet, path) -> None:
         for col, p in (("image_a", r.image_a), ("image_b", r.image_b)):
             if p not in done:
                 try:
-                    src = _read_source(p)
+                    src = read_source(p)
                     done[p] = ps.add_photo(src.data, str(p))
                 except InvalidImage as e:
                     done[p] = e

@@ -46,7 +46,7 @@ from sqlalchemy import exists, func, insert, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from .errors import Busy, InvalidData, InvalidImage, ModelError, ModelMismatch, NotFound
-from .storage.db import Database, WriterLock, embeddings, identities, images, model_versions, now_iso
+from .storage.db import Database, WriterLock, embeddings, identities, images, model_versions, now_iso, vector_blob
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +327,7 @@ def _write_vectors(conn, version: int, ids: list[int], vecs: np.ndarray) -> int:
         return 0
     present = set(conn.execute(select(images.c.id).where(images.c.id.in_(ids))).scalars())
     now = now_iso()
-    rows = [{"image_id": i, "model_version": version, "vector": np.ascontiguousarray(v, dtype="<f4").tobytes(),
+    rows = [{"image_id": i, "model_version": version, "vector": vector_blob(v),
              "created_at": now} for i, v in zip(ids, vecs) if i in present]
     if rows:
         conn.execute(sqlite_insert(embeddings).on_conflict_do_nothing(), rows)

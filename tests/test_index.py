@@ -439,7 +439,7 @@ def test_failure_inside_the_write_leaves_nothing(index, make_image, monkeypatch)
     rows, counter = _db_rows(index.home), index.status()["change_counter"]
     files_before = sorted((index.home / "images").rglob("*"))
     calls = []
-    real_blob = index_module._blob
+    real_blob = index_module.vector_blob
 
     def failing_blob(vec):
         calls.append(1)
@@ -447,13 +447,13 @@ def test_failure_inside_the_write_leaves_nothing(index, make_image, monkeypatch)
             raise OSError("disk full")
         return real_blob(vec)
 
-    monkeypatch.setattr(index_module, "_blob", failing_blob)
+    monkeypatch.setattr(index_module, "vector_blob", failing_blob)
     with pytest.raises(OSError, match="disk full"):
         index.enroll("P2", [make_image(2, 0), make_image(2, 1)], name="Never")
     assert _db_rows(index.home) == rows and index.status()["change_counter"] == counter
     assert sorted((index.home / "images").rglob("*")) == files_before
     assert not (index.home / ".pending-copies").exists()
-    monkeypatch.setattr(index_module, "_blob", real_blob)
+    monkeypatch.setattr(index_module, "vector_blob", real_blob)
     assert index.check()["ok"]
     assert [r.status for r in index.enroll("P2", [make_image(2, 0)])] == ["added"]
 

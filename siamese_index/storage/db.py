@@ -25,6 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
+
 from sqlalchemy import (
     Column,
     Connection,
@@ -102,6 +104,25 @@ model_versions = Table(
     Column("scores", Text, nullable=False),  # JSON: calibration and evaluation figures
     Column("activated_at", Text),  # last activation; NULL = never served (its embeddings are leftovers)
 )
+
+def in_chunks(seq, n: int = 500):
+    """Slices of at most n items: an IN (...) list stays under SQLite's variable limit."""
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def vector_blob(vector) -> bytes:
+    """An embedding as stored in embeddings.vector: little-endian float32."""
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def blob_vector(blob: bytes, dim: int | None = None) -> np.ndarray | None:
+    """A stored embedding back as float32; with dim, None unless it is dim finite values."""
+    if dim is not None and (blob is None or len(blob) != dim * 4):
+        return None
+    v = np.frombuffer(blob, dtype="<f4").astype(np.float32)
+    return v if dim is None or np.isfinite(v).all() else None
+
 
 embeddings = Table(
     "embeddings",
