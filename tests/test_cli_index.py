@@ -266,7 +266,7 @@ def test_people_rename_remove_image_merge_remove(home_copy, photo):
     assert gone["id"] == a and gone["remaining_images"] == 1 and gone["files_deleted"] == 1
     assert gone["source_name"].endswith("2.png")
     text = run("people", "remove-image", b, "0.png", "--home", home).stdout
-    assert text.startswith(f"removed image ") and f"of {b}; 1 photo left" in text
+    assert text.startswith("removed image ") and f"of {b}; 1 photo left" in text
     run("people", "remove-image", b, "9.png", "--home", home, code=1)
 
     merged = json.loads(run("people", "merge", a, b, "--home", home, "--json").stdout)
