@@ -238,13 +238,27 @@ def _load_init_weights(tower, opt: TrainOptions, data: Dataset, val_ids, source:
                           f"{parent.embedding_dim}-d) does not match this run's ({opt.arch}, input "
                           f"{tuple(tower.input_shape[1:])}, {tower.output_shape[-1]}-d)")
     held = parent.training.get("val_identity_names")
-    if parent.training.get("source") == source and held is not None:
+    if held is not None and _same_source(parent.training.get("source"), source):
         leaked = sorted(set(data.names[i] for i in val_ids) - set(held))
         if leaked:
             raise InvalidData(f"{opt.init_from} trained on {len(leaked)} of this run's validation identities "
-                              f"(e.g. {leaked[0]}); use the parent's --seed and --val-fraction")
+                              f"(e.g. {leaked[0]}) from the same data ({parent.training.get('source')}); "
+                              f"use the parent's --seed and --val-fraction")
     tower.load_weights(str(Path(opt.init_from) / WEIGHTS_NAME))
     return parent.model_id
+
+
+def _same_source(a, b) -> bool:
+    """Whether two recorded data sources may be the same data.
+
+    A source is recorded as the user typed it, relative or absolute, from wherever they were, so
+    the same folder can read differently: the same folder name is taken as the same data (a
+    refusal can be answered with the parent's seed; a silent leak could not be noticed at all).
+    """
+    if not a or not b:
+        return False
+    pa, pb = Path(str(a)), Path(str(b))
+    return pa.resolve() == pb.resolve() or pa.name == pb.name
 
 
 def _embed(tower, x: np.ndarray, batch_size: int = 128) -> np.ndarray:

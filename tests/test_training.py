@@ -1,5 +1,6 @@
 """A real short training run on small real image files, and model directories."""
 import json
+import os
 
 import h5py
 
@@ -117,6 +118,9 @@ def test_init_from_a_parent_that_trained_on_the_validation_people_is_refused(tra
     opts = TrainOptions(arch="seed-conv", epochs=1, seed=7, val_fraction=0.25, steps_per_epoch=1, init_from=out)
     with pytest.raises(InvalidData, match="validation identities"):
         train(data, tmp_path / "leaky", opts, PREP, source=str(root))
+    # The same folder typed another way (relative, from elsewhere) is still the same data.
+    with pytest.raises(InvalidData, match="validation identities"):
+        train(data, tmp_path / "leaky2", opts, PREP, source=os.path.relpath(root))
     with pytest.raises(InvalidData, match="does not match"):
         train(data, tmp_path / "other", TrainOptions(arch="seed-gap", epochs=1, steps_per_epoch=1, init_from=out), PREP,
               source=str(root))
