@@ -31,9 +31,9 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 from . import calibration
 from .calibration import OperatingPoint
 from .config import MODELS_DIR, resolve_home, resolve_model_dir
+from .copies import IMAGES_DIR, PENDING_NAME, recover_pending_copies, store_copy, unlink_copy, write_pending
 from .errors import Busy, InvalidData, InvalidImage, ModelError, ModelMismatch, NotFound
 from .images import is_image_file
-from .copies import IMAGES_DIR, PENDING_NAME, recover_pending_copies, store_copy, unlink_copy, write_pending
 from .maintenance import Maintenance
 from .sources import Source, as_list, read_source
 from .storage.db import (

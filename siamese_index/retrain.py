@@ -146,8 +146,8 @@ class PairSet:
 
 def add_csv_pairs(ps: PairSet, path) -> None:
     """The CSV's pairs; every bad row is reported by line number (InvalidData) before training."""
-    from .sources import read_source
     from .pairs import _read_csv, read_pairs_file
+    from .sources import read_source
 
     path = Path(path)
     if not path.is_file():

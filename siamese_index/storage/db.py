@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-
 from sqlalchemy import (
     Column,
     Connection,
@@ -104,6 +103,7 @@ model_versions = Table(
     Column("scores", Text, nullable=False),  # JSON: calibration and evaluation figures
     Column("activated_at", Text),  # last activation; NULL = never served (its embeddings are leftovers)
 )
+
 
 def in_chunks(seq, n: int = 500):
     """Slices of at most n items: an IN (...) list stays under SQLite's variable limit."""
