@@ -64,6 +64,10 @@ def _load_progress(done: int, total: int) -> None:
               help="Weight of an auxiliary CosFace loss on learned identity proxies (batch mode; 0 = contrastive only).")
 @click.option("--init", "init_from", default=None, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Start from this model directory's weights (same architecture and input size).")
+@click.option("--teacher", "teacher_file", default=None, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Distil from this teacher file (`siamese-index teacher`): each image's embedding is pulled towards its teacher vector (batch mode).")
+@click.option("--teacher-weight", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Weight of the distillation loss.")
 @click.option("--identities", "include", multiple=True, help="Only identities matching this shell pattern (repeatable).")
 @click.option("--exclude", multiple=True, help="Leave out identities matching this shell pattern (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
@@ -71,7 +75,7 @@ def _load_progress(done: int, total: int) -> None:
 @handle_errors
 def train(data_dir, out, arch, epochs, seed, margin, mode, val_fraction, size, channels, crop, face_crop, augment,
           embedding_dim, learning_rate, batch_identities, images_per_identity, pairs_per_epoch, group_batches,
-          steps_per_epoch, proxy_weight, init_from, include, exclude, overwrite, as_json):
+          steps_per_epoch, proxy_weight, init_from, teacher_file, teacher_weight, include, exclude, overwrite, as_json):
     """Train a tower on DATA_DIR (a folder of identities, or an .npz with X and y).
 
     The threshold is calibrated on identities held out of training, so it reflects people
@@ -96,7 +100,8 @@ def train(data_dir, out, arch, epochs, seed, margin, mode, val_fraction, size, c
         mode=mode, identities_per_batch=batch_identities, images_per_identity=images_per_identity,
         pairs_per_epoch=pairs_per_epoch, learning_rate=learning_rate,
         augmentation=(augment or "faces") if is_images else "none", steps_per_epoch=steps_per_epoch,
-        group_batches=group_batches, proxy_weight=proxy_weight, init_from=init_from,
+        group_batches=group_batches, proxy_weight=proxy_weight, init_from=init_from, teacher_file=teacher_file,
+        teacher_weight=teacher_weight,
     )
     progress_line(f"training {arch} on {len(data)} rows of {data.n_identities} identities ({mode} mode)")
 
@@ -220,4 +225,32 @@ def embed(files, model, out):
         raise SystemExit(1)  # like the index commands: exit 1 when any input failed
 
 
-COMMANDS = [train, evaluate, embed]
+@click.command()
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Teacher file (.npz) to write.")
+@click.option("--identities", "include", multiple=True, help="Only identities matching this shell pattern (repeatable).")
+@click.option("--exclude", multiple=True, help="Leave out identities matching this shell pattern (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@handle_errors
+def teacher(data_dir, out, include, exclude, as_json):
+    """Embed DATA_DIR's faces with dlib's pretrained face model, for `train --teacher`.
+
+    Needs the optional extra: pip install -e ".[teacher]". Only training uses the file; the
+    tower it trains runs without dlib.
+    """
+    from siamese_index.teacher import compute_teacher_file
+
+    def progress(done, total):
+        progress_line(f"teacher {done}/{total}")
+
+    summary = compute_teacher_file(data_dir, out, progress=progress, include=include, exclude=exclude)
+    if as_json:
+        emit_json(summary)
+        return
+    for item in summary["skipped"]:
+        warn(f"skipped {item['path']}: {item['reason']}")
+    click.echo(f"wrote {summary['out']}: {summary['images']} images, {summary['dim']}-d, "
+               f"face detected in {summary['faces_detected']} (the others framed by default)")
+
+
+COMMANDS = [train, evaluate, embed, teacher]

@@ -87,6 +87,24 @@ def cosface_loss(scale: float = 20.0, margin: float = 0.2):
     return loss
 
 
+def distillation_loss():
+    """Mean squared L2 between embeddings and teacher vectors, over the rows that have one.
+
+    y_true is (n, d + 1): the unit-length teacher vector, then 1 where the row has one, 0
+    where it has none (those rows add nothing).
+    """
+    from keras import ops
+
+    def loss(y_true, emb):
+        target, has = y_true[:, :-1], y_true[:, -1]
+        per_row = ops.sum(ops.square(emb - ops.cast(target, emb.dtype)), axis=1)
+        has = ops.cast(has, emb.dtype)
+        return ops.sum(has * per_row) / ops.maximum(ops.sum(has), 1.0)
+
+    loss.__name__ = "distillation_loss"
+    return loss
+
+
 def build_proxy_head(classes: int, name: str = "proxies"):
     """A bias-free layer giving the cosine between a unit embedding and each class's proxy."""
     import keras

@@ -40,6 +40,10 @@ class TrainOptions:
     proxy_weight: float = 0.0
     # Start from this model directory's weights (same architecture and input) instead of random.
     init_from: Path | None = None
+    # Distillation: an .npz of teacher vectors per image (teacher.py); each training image's
+    # embedding is pulled towards its unit-length teacher vector with this weight (batch mode).
+    teacher_file: Path | None = None
+    teacher_weight: float = 1.0
 
 
 @dataclass
@@ -102,12 +106,14 @@ def train(
 
     from .model import (
         batch_contrastive_loss, build_augmenter, build_proxy_head, build_siamese, build_tower, contrastive_loss,
-        cosface_loss, with_augmentation,
+        cosface_loss, distillation_loss, with_augmentation,
     )
 
     opt = options
     if opt.proxy_weight > 0 and opt.mode != "batch":
         raise InvalidData("the proxy (CosFace) loss needs batch mode: pairs mode has no identity labels")
+    if opt.teacher_file and opt.mode != "batch":
+        raise InvalidData("distillation from a teacher needs batch mode")
     keras.utils.set_random_seed(opt.seed)
     rng = np.random.default_rng(opt.seed)
     train_ids, val_ids = split_identities(data.labels, opt.val_fraction, opt.seed)
@@ -117,6 +123,16 @@ def train(
     input_shape = data.x.shape[1:]
     tower = build_tower(opt.arch, input_shape, opt.embedding_dim)
     parent_id = _load_init_weights(tower, opt, data, val_ids, source) if opt.init_from else None
+    teacher = None
+    if opt.teacher_file:
+        from .teacher import teacher_targets
+
+        targets, mask, teacher_name = teacher_targets(opt.teacher_file, Path(source), train_set.paths)
+        if targets.shape[1] != tower.output_shape[-1]:
+            raise InvalidData(f"{opt.teacher_file}: teacher vectors are {targets.shape[1]}-d but the tower's embedding "
+                              f"is {tower.output_shape[-1]}-d; pass --embedding-dim {targets.shape[1]}")
+        # The mask rides along as the last column: rows without a teacher vector add no loss.
+        teacher = np.concatenate([targets, mask[:, None].astype(np.float32)], axis=1)
     aug = build_augmenter(opt.augmentation) if len(input_shape) == 3 else None
     steps = opt.steps_per_epoch
     if opt.mode == "batch":
@@ -128,24 +144,32 @@ def train(
     optimizer = keras.optimizers.Adam(schedule)
 
     if opt.mode == "batch":
-        net = with_augmentation(tower, aug)
+        inp = keras.Input(shape=input_shape)
+        emb = with_augmentation(tower, aug)(inp)
+        # One output per loss; the proxy head is training-only, the saved tower is unchanged.
+        outputs, losses, weights = [emb], [batch_contrastive_loss(opt.margin)], [1.0]
         if opt.proxy_weight > 0:
-            # Training-only proxy head: the saved tower is unchanged.
             _, class_of = np.unique(train_set.labels, return_inverse=True)
-            inp = keras.Input(shape=input_shape)
-            emb = net(inp)
-            net = keras.Model(inp, [emb, build_proxy_head(int(class_of.max()) + 1)(emb)])
-            net.compile(optimizer=optimizer, loss=[batch_contrastive_loss(opt.margin), cosface_loss()],
-                        loss_weights=[1.0, opt.proxy_weight])
-        else:
-            net.compile(optimizer=optimizer, loss=batch_contrastive_loss(opt.margin))
+            outputs.append(build_proxy_head(int(class_of.max()) + 1)(emb))
+            losses.append(cosface_loss())
+            weights.append(opt.proxy_weight)
+        if teacher is not None:
+            outputs.append(keras.layers.Identity(name="distilled")(emb))
+            losses.append(distillation_loss())
+            weights.append(opt.teacher_weight)
+        net = keras.Model(inp, outputs)
+        net.compile(optimizer=optimizer, loss=losses, loss_weights=weights)
         batches = _pk_batches(train_set.labels, opt.identities_per_batch, opt.images_per_identity, rng,
                               train_set.groups if opt.group_batches else None)
 
         def gen():
             for rows in batches:
-                x, y = train_set.x[rows].astype(np.float32), train_set.labels[rows]
-                yield (x, (y, class_of[rows])) if opt.proxy_weight > 0 else (x, y)
+                ys = [train_set.labels[rows]]
+                if opt.proxy_weight > 0:
+                    ys.append(class_of[rows])
+                if teacher is not None:
+                    ys.append(teacher[rows])
+                yield train_set.x[rows].astype(np.float32), tuple(ys)
     elif opt.mode == "pairs":
         net = build_siamese(with_augmentation(tower, aug))
         net.compile(optimizer=optimizer, loss=contrastive_loss(opt.margin))
@@ -181,7 +205,7 @@ def train(
                 contrastive_loss_np(d, vy, opt.margin), roc_auc(d, vy), time.perf_counter() - self.t0,
             )
             history.append({"epoch": rep.epoch, "loss": rep.loss, "val_loss": rep.val_loss, "val_auc": rep.val_auc, "seconds": round(rep.seconds, 2)})
-            if rep.val_auc > best["auc"]:
+            if rep.val_auc >= best["auc"]:  # on a tie, the later epoch: it has learnt more
                 best.update(auc=rep.val_auc, weights=tower.get_weights(), epoch=rep.epoch)
             if progress:
                 progress(rep)
@@ -214,7 +238,9 @@ def train(
         training={
             "source": source, "mode": opt.mode, "epochs": opt.epochs, "best_epoch": best["epoch"], "seed": opt.seed,
             "learning_rate": opt.learning_rate, "steps_per_epoch": steps, "group_batches": opt.group_batches,
-            "proxy_weight": opt.proxy_weight, "init_from": parent_id, "train_identities": int(len(train_ids)),
+            "proxy_weight": opt.proxy_weight, "init_from": parent_id,
+            "teacher": ({"name": teacher_name, "weight": opt.teacher_weight, "file": str(opt.teacher_file),
+                         "rows": int(teacher[:, -1].sum())} if teacher is not None else None), "train_identities": int(len(train_ids)),
             "train_images": int(len(train_set)), "val_identities": int(len(val_ids)), "val_images": int(len(val_set)),
             "val_identity_names": [data.names[i] for i in val_ids], "seconds": round(train_seconds, 1),
             "skipped_files": len(data.skipped),
