@@ -122,14 +122,20 @@ def load_dataset(
     return Dataset(np.stack(xs), np.asarray(labels, dtype=np.int64), names, groups, paths, skipped)
 
 
-def _load_npz(path: Path, prep: Preprocessing | None) -> Dataset:
+def read_npz(path: Path, required: tuple[str, ...], what: str = ".npz"):
+    """Open an .npz holding the required arrays; anything else is one InvalidData naming the file."""
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as e:  # zip errors, bad headers: one clear message
-        raise InvalidData(f"{path}: not a readable .npz ({e})") from e
-    for key in ("X", "y"):
+        raise InvalidData(f"{path}: not a readable {what} ({e})") from e
+    for key in required:
         if key not in data:
-            raise InvalidData(f"{path}: missing array {key!r} (need X and y)")
+            raise InvalidData(f"{path}: missing array {key!r} (need {' and '.join(required)})")
+    return data
+
+
+def _load_npz(path: Path, prep: Preprocessing | None) -> Dataset:
+    data = read_npz(path, ("X", "y"))
     x, y = data["X"], data["y"]
     if y.ndim != 1 or len(y) != len(x):
         raise InvalidData(f"{path}: y must have shape (n,) matching X's first axis; got X {x.shape}, y {y.shape}")

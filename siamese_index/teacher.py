@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from .datasets import scan_identity_folder
+from .datasets import read_npz, scan_identity_folder
 from .errors import InvalidData, InvalidImage
 from .images import open_image
 
@@ -101,13 +101,7 @@ def teacher_targets(teacher_file: Path, data_root: Path, row_paths: list[str]) -
     Rows are matched by their path relative to the data folder. Returns (targets, mask, name).
     """
     teacher_file = Path(teacher_file)
-    try:
-        data = np.load(teacher_file, allow_pickle=False)
-    except Exception as e:  # zip errors, bad headers: one clear message
-        raise InvalidData(f"{teacher_file}: not a readable teacher .npz ({e})") from e
-    for key in ("paths", "vectors"):
-        if key not in data:
-            raise InvalidData(f"{teacher_file}: missing array {key!r} (a teacher file holds paths and vectors)")
+    data = read_npz(teacher_file, ("paths", "vectors"), "teacher .npz")
     paths, vectors = data["paths"], data["vectors"]
     name = str(data["teacher"]) if "teacher" in data else ""
     if vectors.ndim != 2 or len(vectors) != len(paths):
