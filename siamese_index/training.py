@@ -114,6 +114,8 @@ def train(
         raise InvalidData("the proxy (CosFace) loss needs batch mode: pairs mode has no identity labels")
     if opt.teacher_file and opt.mode != "batch":
         raise InvalidData("distillation from a teacher needs batch mode")
+    if opt.teacher_file and not source:
+        raise InvalidData(f"{opt.teacher_file}: distillation needs the data folder (source) its paths are relative to")
     keras.utils.set_random_seed(opt.seed)
     rng = np.random.default_rng(opt.seed)
     train_ids, val_ids = split_identities(data.labels, opt.val_fraction, opt.seed)
@@ -238,9 +240,9 @@ def train(
         training={
             "source": source, "mode": opt.mode, "epochs": opt.epochs, "best_epoch": best["epoch"], "seed": opt.seed,
             "learning_rate": opt.learning_rate, "steps_per_epoch": steps, "group_batches": opt.group_batches,
-            "proxy_weight": opt.proxy_weight, "init_from": parent_id,
+            "proxy_weight": opt.proxy_weight, "init_from": parent_id, "train_identities": int(len(train_ids)),
             "teacher": ({"name": teacher_name, "weight": opt.teacher_weight, "file": str(opt.teacher_file),
-                         "rows": int(teacher[:, -1].sum())} if teacher is not None else None), "train_identities": int(len(train_ids)),
+                         "rows": int(teacher[:, -1].sum())} if teacher is not None else None),
             "train_images": int(len(train_set)), "val_identities": int(len(val_ids)), "val_images": int(len(val_set)),
             "val_identity_names": [data.names[i] for i in val_ids], "seconds": round(train_seconds, 1),
             "skipped_files": len(data.skipped),

@@ -130,6 +130,9 @@ def test_distillation_checks_dimension_and_mode(tmp_path):
     with pytest.raises(InvalidData, match="batch mode"):
         train(data, tmp_path / "m", TrainOptions(arch="facenet-s", mode="pairs", epochs=1, steps_per_epoch=1,
                                                  teacher_file=f), PREP, source=str(root))
+    with pytest.raises(InvalidData, match="needs the data folder"):
+        train(data, tmp_path / "m", TrainOptions(arch="facenet-s", embedding_dim=8, epochs=1, steps_per_epoch=1,
+                                                 teacher_file=f), PREP)
     assert not (tmp_path / "m").exists()
 
 
