@@ -68,6 +68,9 @@ def _load_progress(done: int, total: int) -> None:
               help="Distil from this teacher file (`siamese-index teacher`): each image's embedding is pulled towards its teacher vector (batch mode).")
 @click.option("--teacher-weight", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Weight of the distillation loss.")
+@click.option("--ema", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Keep an exponential moving average of the weights with this momentum per step (e.g. 0.999; 0 = off): "
+                   "it is what is validated and saved.")
 @click.option("--identities", "include", multiple=True, help="Only identities matching this shell pattern (repeatable).")
 @click.option("--exclude", multiple=True, help="Leave out identities matching this shell pattern (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
@@ -75,7 +78,7 @@ def _load_progress(done: int, total: int) -> None:
 @handle_errors
 def train(data_dir, out, arch, epochs, seed, margin, mode, val_fraction, size, channels, crop, face_crop, augment,
           embedding_dim, learning_rate, batch_identities, images_per_identity, pairs_per_epoch, group_batches,
-          steps_per_epoch, proxy_weight, init_from, teacher_file, teacher_weight, include, exclude, overwrite, as_json):
+          steps_per_epoch, proxy_weight, init_from, teacher_file, teacher_weight, ema, include, exclude, overwrite, as_json):
     """Train a tower on DATA_DIR (a folder of identities, or an .npz with X and y).
 
     The threshold is calibrated on identities held out of training, so it reflects people
@@ -101,7 +104,7 @@ def train(data_dir, out, arch, epochs, seed, margin, mode, val_fraction, size, c
         pairs_per_epoch=pairs_per_epoch, learning_rate=learning_rate,
         augmentation=(augment or "faces") if is_images else "none", steps_per_epoch=steps_per_epoch,
         group_batches=group_batches, proxy_weight=proxy_weight, init_from=init_from, teacher_file=teacher_file,
-        teacher_weight=teacher_weight,
+        teacher_weight=teacher_weight, ema=ema,
     )
     progress_line(f"training {arch} on {len(data)} rows of {data.n_identities} identities ({mode} mode)")
 

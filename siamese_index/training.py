@@ -44,6 +44,9 @@ class TrainOptions:
     # embedding is pulled towards its unit-length teacher vector with this weight (batch mode).
     teacher_file: Path | None = None
     teacher_weight: float = 1.0
+    # Polyak averaging: validate and keep an exponential moving average of the weights
+    # (this momentum per step; 0 = off). It smooths the epoch-to-epoch noise of small batches.
+    ema: float = 0.0
 
 
 @dataclass
@@ -143,7 +146,9 @@ def train(
     else:
         steps = steps or max(1, opt.pairs_per_epoch // 64)
     schedule = keras.optimizers.schedules.CosineDecay(opt.learning_rate, decay_steps=max(1, steps * opt.epochs), alpha=0.05)
-    optimizer = keras.optimizers.Adam(schedule)
+    if not 0 <= opt.ema < 1:
+        raise InvalidData(f"ema momentum must be in [0, 1), got {opt.ema}")
+    optimizer = keras.optimizers.Adam(schedule, use_ema=opt.ema > 0, ema_momentum=opt.ema or 0.99)
 
     if opt.mode == "batch":
         inp = keras.Input(shape=input_shape)
@@ -213,7 +218,9 @@ def train(
                 progress(rep)
 
     started = time.perf_counter()
-    net.fit(gen(), steps_per_epoch=steps, epochs=opt.epochs, verbose=0, callbacks=[Report()])
+    # With EMA the averaged weights are swapped in before Report validates and keeps them.
+    callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if opt.ema > 0 else []
+    net.fit(gen(), steps_per_epoch=steps, epochs=opt.epochs, verbose=0, callbacks=[*callbacks, Report()])
     train_seconds = time.perf_counter() - started
     if best["weights"] is not None:
         tower.set_weights(best["weights"])  # the epoch that verified unseen people best
@@ -240,7 +247,7 @@ def train(
         training={
             "source": source, "mode": opt.mode, "epochs": opt.epochs, "best_epoch": best["epoch"], "seed": opt.seed,
             "learning_rate": opt.learning_rate, "steps_per_epoch": steps, "group_batches": opt.group_batches,
-            "proxy_weight": opt.proxy_weight, "init_from": parent_id, "train_identities": int(len(train_ids)),
+            "proxy_weight": opt.proxy_weight, "ema": opt.ema, "init_from": parent_id, "train_identities": int(len(train_ids)),
             "teacher": ({"name": teacher_name, "weight": opt.teacher_weight, "file": str(opt.teacher_file),
                          "rows": int(teacher[:, -1].sum())} if teacher is not None else None),
             "train_images": int(len(train_set)), "val_identities": int(len(val_ids)), "val_images": int(len(val_set)),

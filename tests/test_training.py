@@ -113,6 +113,25 @@ def test_proxy_loss_and_init_from_a_parent(trained, tmp_path):
     assert KerasEmbedder(tmp_path / "child").embed_batch(data.x[:2]).shape == (2, 50)
 
 
+def test_ema_keeps_the_averaged_weights(trained, tmp_path):
+    root, data, out, _, _ = trained
+
+    def embeddings(steps, ema=0.0):
+        opts = TrainOptions(arch="seed-conv", epochs=1, seed=0, val_fraction=0.25, identities_per_batch=8,
+                            images_per_identity=4, steps_per_epoch=steps, learning_rate=1e-3, init_from=out, ema=ema)
+        child = train(data, tmp_path / f"s{steps}e{ema}", opts, PREP, source=str(root))
+        assert child.training["ema"] == ema
+        return KerasEmbedder(tmp_path / f"s{steps}e{ema}").embed_batch(data.x[:20])
+
+    # Keras starts the average at the weights after the first step; at momentum 0.9999 the
+    # next 11 steps move it about 0.1% of their way, so the saved tower is nearly the
+    # one-step tower, while plain training has moved on.
+    one_step = embeddings(1)
+    assert np.abs(embeddings(12, ema=0.9999) - one_step).max() < 0.1 * np.abs(embeddings(12) - one_step).max()
+    with pytest.raises(InvalidData, match="ema"):
+        train(data, tmp_path / "bad", TrainOptions(arch="seed-conv", epochs=1, steps_per_epoch=1, ema=1.0), PREP)
+
+
 def test_init_from_a_parent_that_trained_on_the_validation_people_is_refused(trained, tmp_path):
     root, data, out, _, _ = trained
     opts = TrainOptions(arch="seed-conv", epochs=1, seed=7, val_fraction=0.25, steps_per_epoch=1, init_from=out)
