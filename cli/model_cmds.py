@@ -152,11 +152,7 @@ def evaluate(data_dir, model, pairs_file, pairs_root, seed, cap, n_way, tasks, i
 
     embedder = KerasEmbedder(resolve_model_dir(model))
     if held_out:
-        names = embedder.config.training.get("val_identity_names") or []
-        if not names:
-            raise click.UsageError(f"{embedder.model_dir} records no held-out identities")
-        # Names are matched literally: escape the shell-pattern characters they may contain.
-        include = tuple(include) + tuple(n.replace("[", "[[]").replace("*", "[*]").replace("?", "[?]") for n in names)
+        include = tuple(include) + _held_out_patterns(embedder)
     data = None
     if data_dir is not None:
         data = load_dataset(data_dir, embedder.preprocessing, progress=_load_progress, include=include, exclude=exclude)
@@ -194,6 +190,64 @@ def evaluate(data_dir, model, pairs_file, pairs_root, seed, cap, n_way, tasks, i
     nw = report.get("n_way")
     if nw:
         click.echo(f"{nw['n_way']}-way one-shot over {nw['tasks']} tasks: accuracy {fmt(nw['accuracy'])}")
+
+
+def _held_out_patterns(embedder) -> tuple[str, ...]:
+    from siamese_index.recalibrate import held_out_patterns
+
+    patterns = held_out_patterns(embedder.config)
+    if not patterns:
+        raise click.UsageError(f"{embedder.model_dir} records no held-out identities")
+    return patterns
+
+
+@click.command()
+@click.argument("data_dirs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--model", default=None, help="Model directory or name under models/ (default: the shipped face tower).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Model directory to write (same weights, new threshold).")
+@click.option("--identities", "include", multiple=True, help="Only identities matching this shell pattern (repeatable).")
+@click.option("--exclude", multiple=True, help="Leave out identities matching this shell pattern (repeatable).")
+@click.option("--held-out", is_flag=True,
+              help="From the folder the model trained on, keep only the identities it held out (recorded in its config).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for the sampled pairs.")
+@click.option("--cap", default=20, show_default=True, type=click.IntRange(1), help="At most this many genuine pairs per identity.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the calibration record as JSON.")
+@handle_errors
+def calibrate(data_dirs, model, out, include, exclude, held_out, seed, cap, overwrite, as_json):
+    """Choose the model's threshold again on people from DATA_DIRS it never trained on.
+
+    For a camera unlike the training photos: pairs from each folder weigh the same, the
+    threshold that verifies them best is kept, and a new model directory is written with
+    the same weights (and model id) and the new threshold.
+    """
+    quiet_tensorflow()
+    from siamese_index.config import resolve_model_dir
+    from siamese_index.datasets import load_dataset
+    from siamese_index.embedder import KerasEmbedder
+    from siamese_index.recalibrate import CalibrationSet
+    from siamese_index.recalibrate import calibrate as run_calibrate
+    from siamese_index.training import same_source
+
+    embedder = KerasEmbedder(resolve_model_dir(model))
+    sets = []
+    for data_dir in data_dirs:
+        keep = tuple(include)
+        if held_out and same_source(embedder.config.training.get("source"), str(data_dir)):
+            keep += _held_out_patterns(embedder)
+        data = load_dataset(data_dir, embedder.preprocessing, progress=_load_progress, include=keep, exclude=exclude)
+        for path, reason in data.skipped:
+            warn(f"skipped {path}: {reason}")
+        sets.append(CalibrationSet(str(data_dir), data))
+    config = run_calibrate(embedder, sets, out, seed=seed, cap_per_identity=cap, overwrite=overwrite)
+    record = config.training["calibration"]
+    if as_json:
+        emit_json({"model": str(out), "model_id": config.model_id, "threshold": config.threshold, **record})
+        return
+    click.echo(f"wrote {out} ({config.model_id}): threshold {fmt(record['previous_threshold'], 4)} -> {fmt(config.threshold, 4)}")
+    for s in record["sets"]:
+        click.echo(f"  {s['source']}: {s['identities']} identities, {s['pairs']} pairs, accuracy "
+                   f"{fmt(s['accuracy_before'])} -> {fmt(s['accuracy_after'])} (its own best threshold {fmt(s['best_threshold'], 4)})")
 
 
 @click.command()
@@ -256,4 +310,4 @@ def teacher(data_dir, out, include, exclude, as_json):
                f"face detected in {summary['faces_detected']} (the others framed by default)")
 
 
-COMMANDS = [train, evaluate, embed, teacher]
+COMMANDS = [train, evaluate, calibrate, embed, teacher]

@@ -273,7 +273,7 @@ def _load_init_weights(tower, opt: TrainOptions, data: Dataset, val_ids, source:
                           f"{parent.embedding_dim}-d) does not match this run's ({opt.arch}, input "
                           f"{tuple(tower.input_shape[1:])}, {tower.output_shape[-1]}-d)")
     held = parent.training.get("val_identity_names")
-    if held is not None and _same_source(parent.training.get("source"), source):
+    if held is not None and same_source(parent.training.get("source"), source):
         leaked = sorted(set(data.names[i] for i in val_ids) - set(held))
         if leaked:
             raise InvalidData(f"{opt.init_from} trained on {len(leaked)} of this run's validation identities "
@@ -283,7 +283,7 @@ def _load_init_weights(tower, opt: TrainOptions, data: Dataset, val_ids, source:
     return parent.model_id
 
 
-def _same_source(a, b) -> bool:
+def same_source(a, b) -> bool:
     """Whether two recorded data sources may be the same data.
 
     A source is recorded as the user typed it, relative or absolute, from wherever they were, so

@@ -1,0 +1,97 @@
+"""Choose a model's pair threshold again, on people from the cameras it will serve.
+
+`train` calibrates the threshold on its own validation people, photographed like its training
+set. A threshold transfers imperfectly to another camera: on ORL's evenly lit studio photos
+faces-v4's impostor pairs sit closer together than on LFW's press photos, so the threshold that
+maximises accuracy there is lower. `calibrate` picks it again on identity-labelled photos of
+people the tower never trained on, pooled from one or more sets that each weigh the same, and
+writes a new model directory: the same weights (so the same model id and the same vectors in
+any index), the new threshold, and a record of how it was chosen.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .datasets import Dataset
+from .errors import InvalidData
+from .evaluation import accuracy_at, best_threshold, verification_report
+from .modeldir import ModelConfig, write_model_dir
+from .pairs import sample_pairs
+from .training import same_source
+
+
+@dataclass
+class CalibrationSet:
+    """Photos of identities from one data folder; source is recorded as given."""
+
+    source: str
+    data: Dataset
+
+
+def held_out_patterns(config: ModelConfig) -> tuple[str, ...]:
+    """Shell patterns matching exactly the identities the model held out of its training."""
+    names = config.training.get("val_identity_names") or []
+    # Names are matched literally: escape the shell-pattern characters they may contain.
+    return tuple(n.replace("[", "[[]").replace("*", "[*]").replace("?", "[?]") for n in names)
+
+
+def check_never_trained_on(config: ModelConfig, cal: CalibrationSet, model_name: str) -> None:
+    """Refuse identities the model trained on: a threshold chosen on them would be too loose."""
+    if not same_source(config.training.get("source"), cal.source):
+        return
+    held = set(config.training.get("val_identity_names") or [])
+    trained = sorted(set(cal.data.names) - held)
+    if trained:
+        raise InvalidData(f"{cal.source}: {len(trained)} of its identities (e.g. {trained[0]}) trained {model_name}; "
+                          f"calibrate on people it never saw (--held-out keeps only the ones it held out)")
+
+
+def calibrate(embedder, sets: list[CalibrationSet], out_dir: Path, *, seed: int = 0, cap_per_identity: int = 20,
+              overwrite: bool = False) -> ModelConfig:
+    """Pick the max-accuracy threshold on balanced pairs pooled from sets; write a new model dir.
+
+    Each set contributes as many pairs as the smallest one, so one large set cannot choose the
+    threshold alone. Returns the written config; config.training["calibration"] says per set
+    how accuracy moved from the old threshold to the new one.
+    """
+    if not sets:
+        raise InvalidData("calibration needs at least one set of identities")
+    config = embedder.config
+    pairs = []
+    for cal in sets:
+        check_never_trained_on(config, cal, str(embedder.model_dir))
+        try:
+            a, _, _ = sample_pairs(cal.data.labels, seed=seed, cap_per_identity=cap_per_identity)
+        except InvalidData as e:
+            raise InvalidData(f"{cal.source}: {e}") from e
+        pairs.append(len(a))
+    n = min(pairs)
+    dist, labels, per_set = [], [], []
+    for cal in sets:
+        emb = embedder.embed_batch(cal.data.x)
+        a, b, y = sample_pairs(cal.data.labels, n_pairs=n, seed=seed, cap_per_identity=cap_per_identity)
+        d = np.linalg.norm(emb[a] - emb[b], axis=1)
+        dist.append(d)
+        labels.append(y)
+        per_set.append((cal, d, y))
+    d_all, y_all = np.concatenate(dist), np.concatenate(labels)
+    threshold, _ = best_threshold(d_all, y_all)
+    new = copy.deepcopy(config)
+    new.threshold = float(threshold)
+    new.threshold_method = (f"max accuracy on {len(y_all)} balanced pairs of {sum(c.data.n_identities for c in sets)} "
+                            f"identities never trained on, pooled from {', '.join(c.source for c in sets)} (calibrate)")
+    new.training["calibration"] = {
+        "previous_threshold": config.threshold, "previous_method": config.threshold_method, "seed": seed,
+        "cap_per_identity": cap_per_identity,
+        "sets": [{"source": c.source, "identities": int(c.data.n_identities), "pairs": int(len(y)),
+                  "accuracy_before": accuracy_at(d, y, config.threshold) if config.threshold is not None else None,
+                  "accuracy_after": accuracy_at(d, y, threshold), "best_threshold": float(best_threshold(d, y)[0])}
+                 for c, d, y in per_set],
+    }
+    new.metrics["calibration"] = verification_report(d_all, y_all, threshold)
+    write_model_dir(out_dir, new, embedder.tower, overwrite=overwrite)
+    return new

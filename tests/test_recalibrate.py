@@ -1,0 +1,99 @@
+"""`calibrate`: a model's threshold chosen again on people it never trained on, through the CLI."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+
+from siamese_index.datasets import load_dataset
+from siamese_index.embedder import KerasEmbedder
+from siamese_index.evaluation import best_threshold
+from siamese_index.pairs import sample_pairs
+from siamese_index.synthetic import identity_image, make_identity_folder
+
+
+def _new_people(root, first: int, count: int, per_identity: int):
+    """Folders of people the model never saw (identity numbers from first on)."""
+    for i in range(first, first + count):
+        d = root / f"stranger{i}"
+        d.mkdir(parents=True)
+        for v in range(per_identity):
+            identity_image(i, v, 32).save(d / f"{v:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    root = make_identity_folder(tmp_path_factory.mktemp("ids"), identities=10, per_identity=4)
+    out = tmp_path_factory.mktemp("m") / "tower"
+    result = CliRunner().invoke(cli, [
+        "train", str(root), "--out", str(out), "--arch", "seed-conv", "--epochs", "2", "--size", "24x24",
+        "--steps-per-epoch", "3", "--augment", "none", "--val-fraction", "0.3", "--seed", "3",
+    ])
+    assert result.exit_code == 0, result.output
+    return root, out
+
+
+def _calibrate(*args):
+    return CliRunner().invoke(cli, ["calibrate", *map(str, args)])
+
+
+def test_calibrate_on_new_people_keeps_the_weights_and_records_the_choice(model, tmp_path):
+    _, out = model
+    small = _new_people(tmp_path / "small", 100, 4, 3)
+    large = _new_people(tmp_path / "large", 200, 12, 5)
+    new = tmp_path / "calibrated"
+    result = _calibrate(small, large, "--model", out, "--out", new, "--seed", 4, "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    old, cal = KerasEmbedder(out), KerasEmbedder(new)
+    assert cal.model_id == old.model_id == record["model_id"]
+    assert record["previous_threshold"] == old.threshold and cal.threshold == record["threshold"]
+    # Each set weighs the same: the large one is cut to the small one's number of pairs.
+    assert [s["pairs"] for s in record["sets"]] == [24, 24]
+    assert [s["identities"] for s in record["sets"]] == [4, 12]
+    # The threshold is the max-accuracy one on those pooled pairs, recomputed here by hand.
+    dist, labels = [], []
+    for folder in (small, large):
+        data = load_dataset(folder, cal.preprocessing)
+        emb = cal.embed_batch(data.x)
+        a, b, y = sample_pairs(data.labels, n_pairs=24, seed=4)
+        dist.append(np.linalg.norm(emb[a] - emb[b], axis=1))
+        labels.append(y)
+    expected, _ = best_threshold(np.concatenate(dist), np.concatenate(labels))
+    assert cal.threshold == pytest.approx(expected, abs=1e-6)
+    assert "calibrate" in cal.config.threshold_method and cal.config.training["calibration"]["seed"] == 4
+    x = load_dataset(small, cal.preprocessing).x[:3]
+    assert np.array_equal(cal.embed_batch(x), old.embed_batch(x))
+
+
+def test_calibrate_refuses_people_the_model_trained_on(model, tmp_path):
+    root, out = model
+    result = _calibrate(root, "--model", out, "--out", tmp_path / "leaky")
+    assert result.exit_code != 0
+    assert "7 of its identities" in result.output and "trained" in result.output and "--held-out" in result.output
+    assert not (tmp_path / "leaky").exists()
+    # Its held-out people are fair game (with new people beside them: three alone are few).
+    strangers = _new_people(tmp_path / "s", 300, 5, 3)
+    result = _calibrate(root, strangers, "--held-out", "--model", out, "--out", tmp_path / "ok", "--json")
+    assert result.exit_code == 0, result.output
+    held = json.loads((out / "config.json").read_text())["training"]["val_identity_names"]
+    assert json.loads(result.stdout)["sets"][0]["identities"] == len(held) == 3
+
+
+def test_calibrate_errors_name_the_problem_and_keep_what_exists(model, tmp_path):
+    _, out = model
+    singles = _new_people(tmp_path / "singles", 400, 5, 1)
+    result = _calibrate(singles, "--model", out, "--out", tmp_path / "x")
+    assert result.exit_code != 0 and str(singles) in result.output and "two images" in result.output
+    people = _new_people(tmp_path / "people", 500, 4, 3)
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    result = _calibrate(people, "--model", out, "--out", existing)
+    assert result.exit_code != 0 and "already exists" in result.output
+    assert (existing / "keep.txt").read_text() == "mine"
+    result = _calibrate(people, "--model", out, "--out", tmp_path / "new")
+    assert result.exit_code == 0 and "threshold" in result.output and "accuracy" in result.output
