@@ -50,7 +50,10 @@ def _load_progress(done: int, total: int) -> None:
 @click.option("--channels", default=1, show_default=True, type=click.Choice(["1", "3"]), help="1 = grayscale, 3 = RGB.")
 @click.option("--crop", default=None, help="Fractional box left,top,right,bottom cut before resizing (e.g. LFW's centre).")
 @click.option("--face-crop/--no-face-crop", default=False, show_default=True,
-              help="Detect and crop the largest face at enrollment, lookup and evaluation. Training images are still cut with --crop: use it on an aligned set (LFW) whose fixed crop matches the detector's framing.")
+              help="Detect and crop the largest face at enrollment, lookup and evaluation. Training images are still cut with --crop (unless --detect-faces): use it on an aligned set (LFW) whose fixed crop matches the detector's framing.")
+@click.option("--detect-faces", is_flag=True,
+              help="Cut training images as enrollment does, around the detected face (needs --face-crop), instead of "
+                   "with the fixed --crop: for photos that are not aligned, such as ORL's.")
 @click.option("--augment", default=None, type=click.Choice(["faces", "symbols", "none"]), help="Training augmentation (default: faces for images).")
 @click.option("--embedding-dim", default=None, type=click.IntRange(2), help="Embedding size (default: the architecture's).")
 @click.option("--lr", "learning_rate", default=1e-3, show_default=True, type=float)
@@ -76,7 +79,7 @@ def _load_progress(done: int, total: int) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the written config as JSON.")
 @handle_errors
-def train(data_dir, out, arch, epochs, seed, margin, mode, val_fraction, size, channels, crop, face_crop, augment,
+def train(data_dir, out, arch, epochs, seed, margin, mode, val_fraction, size, channels, crop, face_crop, detect_faces, augment,
           embedding_dim, learning_rate, batch_identities, images_per_identity, pairs_per_epoch, group_batches,
           steps_per_epoch, proxy_weight, init_from, teacher_file, teacher_weight, ema, include, exclude, overwrite, as_json):
     """Train a tower on DATA_DIR (a folder of identities, or an .npz with X and y).
@@ -92,7 +95,9 @@ def train(data_dir, out, arch, epochs, seed, margin, mode, val_fraction, size, c
 
     h, w = _parse_size(size)
     prep = Preprocessing(h, w, int(channels), _parse_crop(crop), face_crop)
-    data = load_dataset(data_dir, prep, progress=_load_progress, include=include, exclude=exclude, detect_faces=False)
+    if detect_faces and not face_crop:
+        raise click.UsageError("--detect-faces needs --face-crop: the model must crop faces the same way when it is used")
+    data = load_dataset(data_dir, prep, progress=_load_progress, include=include, exclude=exclude, detect_faces=detect_faces)
     for path, reason in data.skipped:
         warn(f"skipped {path}: {reason}")
     is_images = data.x.ndim == 4
@@ -104,7 +109,7 @@ def train(data_dir, out, arch, epochs, seed, margin, mode, val_fraction, size, c
         pairs_per_epoch=pairs_per_epoch, learning_rate=learning_rate,
         augmentation=(augment or "faces") if is_images else "none", steps_per_epoch=steps_per_epoch,
         group_batches=group_batches, proxy_weight=proxy_weight, init_from=init_from, teacher_file=teacher_file,
-        teacher_weight=teacher_weight, ema=ema,
+        teacher_weight=teacher_weight, ema=ema, detect_faces=detect_faces,
     )
     progress_line(f"training {arch} on {len(data)} rows of {data.n_identities} identities ({mode} mode)")
 

@@ -89,3 +89,37 @@ def test_detection_from_many_threads_matches_one_thread():
     with ThreadPoolExecutor(max_workers=8) as pool:
         for _ in range(10):
             assert list(pool.map(detect_faces, photos)) == expected
+
+
+def test_training_with_detect_faces_cuts_photos_as_lookup_does(tmp_path):
+    import json
+
+    import numpy as np
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from siamese_index.datasets import load_dataset
+    from siamese_index.images import prepare
+
+    face = _lfw_photo()
+    for person, corner in (("left", (20, 20)), ("right", (600, 300)), ("middle", (300, 150)), ("top", (500, 10))):
+        (tmp_path / "ids" / person).mkdir(parents=True)
+        for v in range(3):
+            canvas = Image.new("RGB", (900, 600), (90 + 40 * v, 120, 90))
+            canvas.paste(face, corner)
+            canvas.save(tmp_path / "ids" / person / f"{v}.jpg")
+    prep = Preprocessing(48, 40, 1, (0.28, 0.22, 0.72, 0.78), True)
+    first = tmp_path / "ids" / "left" / "0.jpg"
+    detected = load_dataset(tmp_path / "ids", prep, detect_faces=True)
+    fixed = load_dataset(tmp_path / "ids", prep, detect_faces=False)
+    assert np.array_equal(detected.x[0], prepare(first, prep)[0])
+    assert not np.array_equal(fixed.x[0], detected.x[0])  # the fixed crop misses the off-centre face
+    args = ["train", str(tmp_path / "ids"), "--arch", "seed-conv", "--epochs", "1", "--steps-per-epoch", "1",
+            "--batch-identities", "2", "--images-per-identity", "2", "--val-fraction", "0.5", "--size", "48x40",
+            "--crop", "0.28,0.22,0.72,0.78", "--face-crop", "--detect-faces", "--json"]
+    result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["training"]["detect_faces"] is True
+    no_crop = [a for a in args if a != "--face-crop"]
+    result = CliRunner().invoke(cli, [*no_crop, "--out", str(tmp_path / "m2")])
+    assert result.exit_code != 0 and "--detect-faces needs --face-crop" in result.output
