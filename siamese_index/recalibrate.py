@@ -6,7 +6,8 @@ faces-v4's impostor pairs sit closer together than on LFW's press photos, so the
 maximises accuracy there is lower. `calibrate` picks it again on identity-labelled photos of
 people the tower never trained on, pooled from one or more sets that each weigh the same, and
 writes a new model directory: the same weights (so the same model id and the same vectors in
-any index), the new threshold, and a record of how it was chosen.
+any index), the new threshold, a new impostor table for the unknown-person decision, and a
+record of how they were chosen.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from .datasets import Dataset
 from .errors import InvalidData
-from .evaluation import accuracy_at, best_threshold, verification_report
+from .evaluation import accuracy_at, best_threshold, impostor_far_table, verification_report
 from .modeldir import ModelConfig, write_model_dir
 from .pairs import sample_pairs
 from .training import same_source
@@ -71,8 +72,11 @@ def calibrate(embedder, sets: list[CalibrationSet], out_dir: Path, *, seed: int 
         pairs.append(len(a))
     n = min(pairs)
     dist, labels, per_set = [], [], []
+    widest = max(sets, key=lambda c: c.data.n_identities)
     for cal in sets:
         emb = embedder.embed_batch(cal.data.x)
+        if cal is widest:
+            table = impostor_far_table(emb, cal.data.labels, seed=seed)
         a, b, y = sample_pairs(cal.data.labels, n_pairs=n, seed=seed, cap_per_identity=cap_per_identity)
         d = np.linalg.norm(emb[a] - emb[b], axis=1)
         dist.append(d)
@@ -93,5 +97,9 @@ def calibrate(embedder, sets: list[CalibrationSet], out_dir: Path, *, seed: int 
                  for c, d, y in per_set],
     }
     new.metrics["calibration"] = verification_report(d_all, y_all, threshold)
+    # The open-set threshold (calibration.py) reads impostor distances from this table: they
+    # too move with the camera. Impostors within one set only: across sets they are too easy.
+    new.metrics["impostor_far_table"] = table
+    new.training["calibration"]["impostor_table_from"] = widest.source
     write_model_dir(out_dir, new, embedder.tower, overwrite=overwrite)
     return new

@@ -9,7 +9,7 @@ from cli.main import cli
 
 from siamese_index.datasets import load_dataset
 from siamese_index.embedder import KerasEmbedder
-from siamese_index.evaluation import best_threshold
+from siamese_index.evaluation import best_threshold, impostor_far_table
 from siamese_index.pairs import sample_pairs
 from siamese_index.synthetic import identity_image, make_identity_folder
 
@@ -64,6 +64,9 @@ def test_calibrate_on_new_people_keeps_the_weights_and_records_the_choice(model,
         labels.append(y)
     expected, _ = best_threshold(np.concatenate(dist), np.concatenate(labels))
     assert cal.threshold == pytest.approx(expected, abs=1e-6)
+    # The unknown-person impostor table comes from the set with the most people.
+    assert record["impostor_table_from"] == str(large)
+    assert np.allclose(cal.config.metrics["impostor_far_table"], impostor_far_table(emb, data.labels, seed=4))
     assert "calibrate" in cal.config.threshold_method and cal.config.training["calibration"]["seed"] == 4
     x = load_dataset(small, cal.preprocessing).x[:3]
     assert np.array_equal(cal.embed_batch(x), old.embed_batch(x))
