@@ -47,8 +47,8 @@ def check_never_trained_on(config: ModelConfig, cal: CalibrationSet, model_name:
     held = set(config.training.get("val_identity_names") or [])
     trained = sorted(set(cal.data.names) - held)
     if trained:
-        raise InvalidData(f"{cal.source}: {len(trained)} of its identities (e.g. {trained[0]}) trained {model_name}; "
-                          f"calibrate on people it never saw (--held-out keeps only the ones it held out)")
+        raise InvalidData(f"{cal.source}: {len(trained)} of its identities (e.g. {trained[0]}) are people {model_name} "
+                          f"trained on; calibrate on people it never saw (--held-out keeps only the ones it held out)")
 
 
 def calibrate(embedder, sets: list[CalibrationSet], out_dir: Path, *, seed: int = 0, cap_per_identity: int = 20,

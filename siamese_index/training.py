@@ -250,7 +250,8 @@ def train(
         training={
             "source": source, "mode": opt.mode, "epochs": opt.epochs, "best_epoch": best["epoch"], "seed": opt.seed,
             "learning_rate": opt.learning_rate, "steps_per_epoch": steps, "group_batches": opt.group_batches,
-            "proxy_weight": opt.proxy_weight, "ema": opt.ema, "detect_faces": opt.detect_faces, "init_from": parent_id, "train_identities": int(len(train_ids)),
+            "proxy_weight": opt.proxy_weight, "ema": opt.ema, "detect_faces": opt.detect_faces, "init_from": parent_id,
+            "train_identities": int(len(train_ids)),
             "teacher": ({"name": teacher_name, "weight": opt.teacher_weight, "file": str(opt.teacher_file),
                          "rows": int(teacher[:, -1].sum())} if teacher is not None else None),
             "train_images": int(len(train_set)), "val_identities": int(len(val_ids)), "val_images": int(len(val_set)),
