@@ -235,10 +235,13 @@ def calibrate(data_dirs, model, out, include, exclude, held_out, seed, cap, over
     from siamese_index.training import same_source
 
     embedder = KerasEmbedder(resolve_model_dir(model))
+    source = embedder.config.training.get("source")
+    if held_out and not any(same_source(source, str(d)) for d in data_dirs):
+        raise click.UsageError(f"--held-out: none of the folders is the one {embedder.model_dir} trained on ({source})")
     sets = []
     for data_dir in data_dirs:
         keep = tuple(include)
-        if held_out and same_source(embedder.config.training.get("source"), str(data_dir)):
+        if held_out and same_source(source, str(data_dir)):
             keep += _held_out_patterns(embedder)
         data = load_dataset(data_dir, embedder.preprocessing, progress=_load_progress, include=keep, exclude=exclude)
         for path, reason in data.skipped:
@@ -253,6 +256,30 @@ def calibrate(data_dirs, model, out, include, exclude, held_out, seed, cap, over
     for s in record["sets"]:
         click.echo(f"  {s['source']}: {s['identities']} identities, {s['pairs']} pairs, accuracy "
                    f"{fmt(s['accuracy_before'])} -> {fmt(s['accuracy_after'])} (its own best threshold {fmt(s['best_threshold'], 4)})")
+
+
+@click.command()
+@click.argument("models", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
+@click.option("--json", "as_json", is_flag=True, help="Print the written config as JSON.")
+@handle_errors
+def ensemble(models, out, overwrite, as_json):
+    """Join trained towers (directories or names under models/) into one model directory.
+
+    Their embeddings are concatenated, so distances average the members'. The ensemble has
+    no threshold until `calibrate` chooses one on people none of the members trained on.
+    """
+    quiet_tensorflow()
+    from siamese_index.config import resolve_model_dir
+    from siamese_index.ensemble import build_ensemble
+
+    config = build_ensemble([resolve_model_dir(m) for m in models], out, overwrite=overwrite)
+    if as_json:
+        click.echo(config.to_json())
+        return
+    click.echo(f"wrote {out} (model id {config.model_id}): {len(models)} towers, {config.embedding_dim}-d")
+    click.echo(f"next: siamese-index calibrate DATA_DIR... --model {out} --out DIR  (it has no threshold yet)")
 
 
 @click.command()
@@ -315,4 +342,4 @@ def teacher(data_dir, out, include, exclude, as_json):
                f"face detected in {summary['faces_detected']} (the others framed by default)")
 
 
-COMMANDS = [train, evaluate, calibrate, embed, teacher]
+COMMANDS = [train, evaluate, calibrate, ensemble, embed, teacher]

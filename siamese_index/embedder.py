@@ -8,7 +8,7 @@ import numpy as np
 
 from .errors import ModelError
 from .images import Preprocessing, prepare
-from .modeldir import WEIGHTS_NAME, ModelConfig, read_config, weights_hash
+from .modeldir import WEIGHTS_NAME, ModelConfig, model_id_for, read_config
 
 
 class Embedder(Protocol):
@@ -39,7 +39,7 @@ class KerasEmbedder:
             self.tower.load_weights(str(self.model_dir / WEIGHTS_NAME))
         except ValueError as e:
             raise ModelError(f"{self.model_dir}: weights do not fit architecture {cfg.arch!r} ({e})") from e
-        actual = f"{cfg.arch}-{weights_hash(self.tower.get_weights())}"
+        actual = model_id_for(cfg.arch, self.tower.get_weights())
         if cfg.model_id and actual != cfg.model_id:
             raise ModelError(f"{self.model_dir}: weights hash {actual} does not match config model_id {cfg.model_id}")
         self.model_id = cfg.model_id or actual

@@ -10,6 +10,23 @@ import numpy as np
 
 ARCHITECTURES = ("dense", "seed-conv", "seed-gap", "facenet-s")
 DEFAULT_ARCH = "facenet-s"
+# An ensemble's arch names its members and their sizes: "ensemble:facenet-s/128+facenet-s/128".
+ENSEMBLE_PREFIX = "ensemble:"
+
+
+def ensemble_arch(members: list[tuple[str, int]]) -> str:
+    return ENSEMBLE_PREFIX + "+".join(f"{arch}/{int(dim)}" for arch, dim in members)
+
+
+def ensemble_members(arch: str) -> list[tuple[str, int]]:
+    """[(arch, embedding_dim)] of an ensemble arch string; ValueError when it is malformed."""
+    try:
+        members = [(a, int(d)) for a, d in (m.rsplit("/", 1) for m in arch[len(ENSEMBLE_PREFIX):].split("+"))]
+    except ValueError:
+        raise ValueError(f"malformed ensemble architecture {arch!r}") from None
+    if len(members) < 2 or any(a not in ARCHITECTURES for a, _ in members):
+        raise ValueError(f"malformed ensemble architecture {arch!r}")
+    return members
 
 
 def contrastive_loss_np(distance: np.ndarray, label: np.ndarray, margin: float = 1.0) -> float:
@@ -131,6 +148,22 @@ def _standardize(x):
     return (x - mean) / ops.maximum(std, 1e-3)
 
 
+def _build_ensemble(members: list[tuple[str, int]], input_shape):
+    """Member towers side by side on one input; their embeddings concatenated and scaled by
+    1/sqrt(n), so members of unit length give a unit-length vector whose squared distance is
+    the mean of the members' squared distances."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input(shape=tuple(input_shape), name="image")
+    outs = []
+    for i, (arch, dim) in enumerate(members):
+        tower = build_tower(arch, input_shape, dim)
+        outs.append(keras.Model(tower.input, tower.output, name=f"member{i}")(inp))
+    out = layers.Rescaling(1.0 / len(members) ** 0.5)(layers.Concatenate()(outs))
+    return keras.Model(inp, out, name="tower_ensemble")
+
+
 def build_tower(arch: str, input_shape, embedding_dim: int | None = None):
     """Build one tower (the shared-weight half of the Siamese network) with the functional API.
 
@@ -139,6 +172,8 @@ def build_tower(arch: str, input_shape, embedding_dim: int | None = None):
     import keras
     from keras import layers
 
+    if arch.startswith(ENSEMBLE_PREFIX):
+        return _build_ensemble(ensemble_members(arch), input_shape)
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     inp = keras.Input(shape=tuple(input_shape), name="image" if len(input_shape) == 3 else "vector")

@@ -69,6 +69,12 @@ def weights_hash(weights: list[np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
+def model_id_for(arch: str, weights: list[np.ndarray]) -> str:
+    """"<arch>-<weights hash>"; an ensemble's long arch string is shortened to "ensemble"
+    (ids name files and URLs, so they keep to letters, digits and dashes)."""
+    return f"{arch.split(':', 1)[0]}-{weights_hash(weights)}"
+
+
 def library_versions() -> dict:
     import keras
     import tensorflow as tf
@@ -100,7 +106,7 @@ def write_model_dir(out_dir: Path, config: ModelConfig, tower, extra_files: dict
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ModelError(f"{out_dir}: already exists and is not empty (pass overwrite to replace it)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    config.model_id = f"{config.arch}-{weights_hash(tower.get_weights())}"
+    config.model_id = model_id_for(config.arch, tower.get_weights())
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         tower.save_weights(str(tmp / WEIGHTS_NAME))

@@ -396,7 +396,7 @@ def retrain(idx, pairs_file=None, *, from_enrolled: bool = False, from_feedback:
     "threshold_method", "history", "decision", "activated", "activation", "warnings", "seconds"}.
     Raises InvalidData for bad pairs (every bad CSV line listed) before any training."""
     from .embedder import KerasEmbedder
-    from .modeldir import library_versions, weights_hash, write_model_dir
+    from .modeldir import library_versions, model_id_for, write_model_dir
 
     opts = options or RetrainOptions()
     say = progress or (lambda _m: None)
@@ -527,7 +527,7 @@ def retrain(idx, pairs_file=None, *, from_enrolled: bool = False, from_feedback:
             decision, activate = f"recorded, not activated (--no-activate); verdict: {verdict}", False
         comparison["verdict"] = verdict
 
-        model_id = f"{cfg.arch}-{weights_hash(emb.tower.get_weights())}"
+        model_id = model_id_for(cfg.arch, emb.tower.get_weights())
         if model_id == parent.model_id:
             raise InvalidData("the retrained tower has exactly the active one's weights: nothing was learned")
         new_cfg = replace(

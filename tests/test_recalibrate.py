@@ -84,6 +84,9 @@ def test_calibrate_refuses_people_the_model_trained_on(model, tmp_path):
     assert result.exit_code == 0, result.output
     held = json.loads((out / "config.json").read_text())["training"]["val_identity_names"]
     assert json.loads(result.stdout)["sets"][0]["identities"] == len(held) == 3
+    # --held-out with none of the folders the model trained on would filter nothing: refused.
+    result = _calibrate(strangers, "--held-out", "--model", out, "--out", tmp_path / "none")
+    assert result.exit_code != 0 and "--held-out" in result.output and str(root) in result.output
 
 
 def test_calibrate_errors_name_the_problem_and_keep_what_exists(model, tmp_path):
