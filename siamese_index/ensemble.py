@@ -31,7 +31,8 @@ def build_ensemble(member_dirs: list[Path], out_dir: Path, overwrite: bool = Fal
             raise ModelError(f"{m.model_dir}: prepares photos differently from {first.model_dir} (input "
                              f"{tuple(m.config.input_shape)} against {tuple(first.config.input_shape)}, or another "
                              "crop); ensemble members must take the same input")
-    tower = build_tower(ensemble_arch([(m.config.arch, m.dim) for m in members]), first.config.input_shape)
+    arch = ensemble_arch([(m.config.arch, m.dim) for m in members])
+    tower = build_tower(arch, first.config.input_shape)
     for i, m in enumerate(members):
         tower.get_layer(f"member{i}").set_weights(m.tower.get_weights())
     training: dict = {"ensemble_of": [{"model_dir": str(m.model_dir), "model_id": m.model_id} for m in members]}
@@ -46,7 +47,7 @@ def build_ensemble(member_dirs: list[Path], out_dir: Path, overwrite: bool = Fal
         held = [set(m.config.training.get("val_identity_names") or []) for m in members]
         training.update(source=source, val_identity_names=sorted(set.intersection(*held)))
     config = ModelConfig(
-        arch=ensemble_arch([(m.config.arch, m.dim) for m in members]), input_shape=tuple(first.config.input_shape),
+        arch=arch, input_shape=tuple(first.config.input_shape),
         embedding_dim=sum(m.dim for m in members), preprocessing=first.preprocessing, margin=first.config.margin,
         threshold=None, threshold_method="none yet: choose one with `siamese-index calibrate`",
         augmentation=first.config.augmentation, training=training, versions=library_versions(),
