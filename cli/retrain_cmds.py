@@ -179,7 +179,7 @@ def reembed(model_dir, drop_unstored, home, as_json):
 
 @click.group()
 def models():
-    """The model versions of a home: list, show, activate, rollback."""
+    """The model versions of a home: list, show, activate, rollback, set-threshold."""
 
 
 @models.command("list")
@@ -266,6 +266,34 @@ def models_rollback(drop_unstored, home, as_json):
         emit_json(rep)
         return
     _print_activation(rep)
+
+
+@models.command("set-threshold")
+@click.argument("version", default="active")
+@click.option("--from", "model_dir", default=None, type=click.Path(path_type=Path),
+              help="A directory written by `calibrate` from this version's weights: take its threshold and "
+                   "impostor table.")
+@click.option("--value", "threshold", default=None, type=float, help="A pair threshold (plain L2) chosen by hand.")
+@home_option
+@json_option
+@handle_errors
+def models_set_threshold(version, model_dir, threshold, home, as_json):
+    """Give VERSION (default: the active one) another threshold, re-embedding nothing.
+
+    Every process serving the home adopts it on its next request. Use --from after
+    `calibrate` has chosen a threshold on your own people.
+    """
+    from siamese_index.thresholds import set_calibration
+
+    if (model_dir is None) == (threshold is None):
+        raise click.UsageError("give --from DIR or --value THRESHOLD")
+    with _open(home) as index:
+        rep = set_calibration(index, version, model_dir=model_dir, threshold=threshold)
+    if as_json:
+        emit_json(rep)
+        return
+    click.echo(f"version {rep['version']} ({rep['model_id']}): threshold {fmt(rep['previous_threshold'], 4)} -> "
+               f"{fmt(rep['threshold'], 4)} ({rep['threshold_method'] or 'method not recorded'})")
 
 
 COMMANDS = [retrain, feedback, reembed, models]

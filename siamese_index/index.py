@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -51,6 +51,7 @@ from .storage.db import (
     vector_blob,
 )
 from .storage.vectors import INDEX_NAME, VectorIndex, load_or_rebuild
+from .thresholds import set_stamp
 from .types import EnrollResult, Identification, Match, Person, Verification
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,7 @@ class SiameseIndex(Maintenance):
         self.threshold: float | None = info.threshold  # the model's pair threshold
         self._model_dir_hint = info.model_dir  # a directory given to open() for this model
         self._far_table = info.metrics.get("impostor_far_table")
+        self._threshold_stamp = set_stamp(model_row)
         self._embedder = embedder
         self.keep_images = bool(keep_images)
         self.target_far = float(target_far)
@@ -290,6 +292,10 @@ class SiameseIndex(Maintenance):
             )
         if info is None:
             info = cls._recorded_info(row, db.path.parent)
+        elif set_stamp(row):  # a threshold set for this home outranks the given directory's
+            recorded = cls._recorded_info(row)
+            info = replace(info, threshold=recorded.threshold, metrics=recorded.metrics,
+                           threshold_method=recorded.threshold_method)
         if (db.path.parent / PENDING_NAME).exists():
             try:  # only when no writer is active: a live enrollment owns its pending copies
                 db.lock.acquire(timeout=0)
@@ -310,11 +316,12 @@ class SiameseIndex(Maintenance):
 
     @staticmethod
     def _recorded_info(row, home: Path | None = None) -> _ModelInfo:
-        """The recorded model's calibration: its config.json when readable (cheap), else the record."""
+        """The recorded model's calibration: the record when a threshold was set for this home
+        (thresholds.set_calibration), else its config.json when readable (cheap), else the record."""
         scores = json.loads(row.scores or "{}")
         info = _ModelInfo(row.model_id, int(row.dim), row.threshold, row.model_dir,
                           {"impostor_far_table": scores.get("impostor_far_table")}, scores.get("threshold_method"))
-        if row.model_dir:
+        if row.model_dir and not set_stamp(row):
             try:
                 from .modeldir import read_config
 
@@ -413,6 +420,8 @@ class SiameseIndex(Maintenance):
         active = conn.execute(select(model_versions).where(model_versions.c.active == 1)).first()
         if active is not None and int(active.id) != self._mv:
             self._adopt(active)
+        elif active is not None and set_stamp(active) != self._threshold_stamp:
+            self._adopt_threshold(active)
         generation = int(Database.get_meta(conn, "index_generation", "1"))
         expected = self._active_ids(conn)
         if self._vectors is not None and generation == self._generation:
@@ -436,9 +445,17 @@ class SiameseIndex(Maintenance):
         self.model_id, self.dim, self.model_dir = row.model_id, int(row.dim), row.model_dir
         self.threshold = info.threshold
         self._far_table = info.metrics.get("impostor_far_table")
+        self._threshold_stamp = set_stamp(row)
         self._model_dir_hint = None
         self._embedder = embedder if embedder is not None and embedder.model_id == row.model_id else None
         self._vectors, self._synced, self._op_cache = None, -1, None
+
+    def _adopt_threshold(self, row) -> None:
+        """The served version was given another threshold (thresholds.set_calibration)."""
+        info = self._recorded_info(row, self.home)
+        self.threshold, self._far_table = info.threshold, info.metrics.get("impostor_far_table")
+        self._threshold_stamp = set_stamp(row)
+        self._op_cache = None
 
     def _after_switch(self, embedder=None) -> None:
         """After a committed version switch (caller holds the writer lock): adopt the new version,

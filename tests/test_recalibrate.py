@@ -1,5 +1,6 @@
 """`calibrate`: a model's threshold chosen again on people it never trained on, through the CLI."""
 import json
+import sqlite3
 
 import numpy as np
 import pytest
@@ -103,3 +104,78 @@ def test_calibrate_errors_name_the_problem_and_keep_what_exists(model, tmp_path)
     assert (existing / "keep.txt").read_text() == "mine"
     result = _calibrate(people, "--model", out, "--out", tmp_path / "new")
     assert result.exit_code == 0 and "threshold" in result.output and "accuracy" in result.output
+
+
+def _stored_vectors(home):
+    with sqlite3.connect(home / "index.db") as conn:
+        return conn.execute("SELECT image_id, model_version, vector FROM embeddings ORDER BY image_id").fetchall()
+
+
+def _set_threshold(home, *args):
+    return CliRunner().invoke(cli, ["models", "set-threshold", *map(str, args), "--home", str(home)])
+
+
+def test_a_home_adopts_a_recalibrated_threshold_without_re_embedding(model, tmp_path):
+    from siamese_index.index import SiameseIndex
+
+    root, out = model
+    people = _new_people(tmp_path / "enrolled", 600, 3, 2)
+    home = tmp_path / "home"
+    serving = SiameseIndex.open(home, model=out)
+    for folder in sorted(people.iterdir()):
+        serving.enroll(folder.name, [folder / "00.png"])
+    vectors_before = _stored_vectors(home)
+    new = tmp_path / "calibrated"
+    assert _calibrate(_new_people(tmp_path / "cal", 700, 8, 4), "--model", out, "--out", new).exit_code == 0
+    chosen = KerasEmbedder(new).threshold
+    old = KerasEmbedder(out).threshold
+    assert chosen != old
+
+    result = _set_threshold(home, "--from", new, "--json")
+    assert result.exit_code == 0, result.output
+    rep = json.loads(result.stdout)
+    assert (rep["version"], rep["previous_threshold"], rep["threshold"]) == (1, old, chosen)
+    # The open index (another process's view) adopts it on its next request; the vectors stay.
+    probe = people / "stranger600" / "01.png"
+    serving.refresh()
+    assert serving.threshold == chosen
+    assert serving.operating_point().threshold <= chosen
+    # A home opened later, even with the old directory named, serves the home's choice.
+    with SiameseIndex.open(home, model=out, create=False) as again:
+        assert again.threshold == chosen
+        d = again.identify([probe])[0].candidates[0].distance
+    show = json.loads(CliRunner().invoke(cli, ["models", "show", "--home", str(home), "--json"]).stdout)
+    assert show["threshold"] == chosen and show["scores"]["threshold_set"]["source"] == str(new.resolve())
+
+    # By hand, just under the probe's distance to its own person: the answer becomes "unknown".
+    assert _set_threshold(home, "--value", d * 0.9).exit_code == 0
+    answer = serving.identify([probe])[0]
+    assert not answer.known and answer.threshold <= d * 0.9
+    serving.close()
+    assert _stored_vectors(home) == vectors_before  # nothing was re-embedded or touched
+
+
+def test_set_threshold_refuses_other_weights_and_bad_values(model, tmp_path):
+    from siamese_index.index import SiameseIndex
+
+    root, out = model
+    home = tmp_path / "home"
+    photo = tmp_path / "someone.png"
+    identity_image(900, 0, 32).save(photo)
+    with SiameseIndex.open(home, model=out) as idx:
+        idx.enroll("someone", [photo])
+    other = tmp_path / "other"
+    result = CliRunner().invoke(cli, [
+        "train", str(root), "--out", str(other), "--arch", "seed-conv", "--epochs", "1", "--size", "24x24",
+        "--steps-per-epoch", "1", "--augment", "none", "--val-fraction", "0.3", "--seed", "9"])
+    assert result.exit_code == 0, result.output
+    before = json.loads(CliRunner().invoke(cli, ["models", "show", "--home", str(home), "--json"]).stdout)
+    result = _set_threshold(home, "--from", other)
+    assert result.exit_code == 1 and str(other) in result.output and "same weights" in result.output
+    for args, words in ((["--value", "-0.2"], "positive"), (["--value", "nan"], "positive"),
+                        ([], "--from DIR or --value"), (["--value", "0.3", "--from", other], "--from DIR or --value"),
+                        (["7", "--value", "0.3"], "no model version 7")):
+        result = _set_threshold(home, *args)
+        assert result.exit_code != 0 and words in result.output, (args, result.output)
+    after = json.loads(CliRunner().invoke(cli, ["models", "show", "--home", str(home), "--json"]).stdout)
+    assert after == before
