@@ -38,7 +38,7 @@ def _load_progress(done: int, total: int) -> None:
 @click.argument("data_dir", type=click.Path(exists=True, path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Model directory to write.")
 @click.option("--arch", default="facenet-s", show_default=True,
-              type=click.Choice(["dense", "seed-conv", "seed-gap", "facenet-s", "facenet-g"]), help="Tower architecture.")
+              type=click.Choice(["dense", "seed-conv", "seed-gap", "facenet-s"]), help="Tower architecture.")
 @click.option("--epochs", default=10, show_default=True, type=click.IntRange(1))
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for the split, pairs and weights.")
 @click.option("--margin", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Contrastive loss margin.")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-ARCHITECTURES = ("dense", "seed-conv", "seed-gap", "facenet-s", "facenet-g")
+ARCHITECTURES = ("dense", "seed-conv", "seed-gap", "facenet-s")
 DEFAULT_ARCH = "facenet-s"
 # An ensemble's arch names its members and their sizes: "ensemble:facenet-s/128+facenet-s/128".
 ENSEMBLE_PREFIX = "ensemble:"
@@ -215,9 +215,6 @@ def build_tower(arch: str, input_shape, embedding_dim: int | None = None):
         return keras.Model(inp, out, name="tower_seed_gap")
     # facenet-s: our default. Lighting-normalised input, four conv-BN stages, GAP, a unit-norm
     # embedding (distances in [0, 2], so the contrastive margin of 1 means the same everywhere).
-    # facenet-g: the same body with a global depthwise conv head (MobileFaceNet's GDC) in place
-    # of GAP: one learned weight per position and channel, so where a feature sits on the face
-    # (eyes above mouth) is kept rather than averaged away.
     x = layers.Lambda(_standardize, name="standardize")(x)
     # One cheap conv at full resolution, then three double-conv stages: most of the compute
     # goes where the features are, which buys more epochs per CPU-hour.
@@ -230,16 +227,11 @@ def build_tower(arch: str, input_shape, embedding_dim: int | None = None):
             x = layers.BatchNormalization(name=f"bn{i}b")(x)
             x = layers.ReLU()(x)
         x = layers.MaxPooling2D(name=f"pool{i}")(x)
-    if arch == "facenet-g":
-        x = layers.DepthwiseConv2D(tuple(x.shape[1:3]), use_bias=False, name="gdc")(x)
-        x = layers.BatchNormalization(name="bn_gdc")(x)
-        x = layers.Flatten()(x)
-    else:
-        x = layers.GlobalAveragePooling2D()(x)
+    x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(0.2)(x)
     x = layers.Dense(embedding_dim or 128, name="embedding")(x)
     out = layers.UnitNormalization(name="l2norm")(x)
-    return keras.Model(inp, out, name="tower_" + arch.replace("-", "_"))
+    return keras.Model(inp, out, name="tower_facenet_s")
 
 
 def with_augmentation(tower, augmenter):

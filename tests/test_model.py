@@ -10,32 +10,20 @@ from siamese_index.model import (
 
 @pytest.mark.parametrize(
     "arch,shape,dim",
-    [("dense", (100,), 128), ("seed-conv", (56, 46, 1), 50), ("seed-gap", (28, 28, 1), 48), ("facenet-s", (48, 40, 1), 128),
-     ("facenet-g", (64, 52, 1), 128)],
+    [("dense", (100,), 128), ("seed-conv", (56, 46, 1), 50), ("seed-gap", (28, 28, 1), 48), ("facenet-s", (48, 40, 1), 128)],
 )
 def test_each_architecture_output_shape(arch, shape, dim):
     tower = build_tower(arch, shape)
     out = np.asarray(tower.predict_on_batch(np.zeros((3, *shape), np.float32) + 7))
     assert out.shape == (3, dim)
-    assert set(ARCHITECTURES) == {"dense", "seed-conv", "seed-gap", "facenet-s", "facenet-g"}
+    assert set(ARCHITECTURES) == {"dense", "seed-conv", "seed-gap", "facenet-s"}
 
 
-@pytest.mark.parametrize("arch", ["facenet-s", "facenet-g"])
-def test_face_tower_embeddings_are_unit_length(arch):
-    tower = build_tower(arch, (48, 40, 1), 16)
+def test_default_tower_embeddings_are_unit_length():
+    tower = build_tower("facenet-s", (48, 40, 1), 16)
     x = np.random.default_rng(0).integers(0, 255, (4, 48, 40, 1)).astype(np.float32)
     out = np.asarray(tower.predict_on_batch(x))
     assert np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
-
-
-@pytest.mark.parametrize("shape", [(64, 52, 1), (48, 40, 1), (96, 80, 3)])
-def test_gdc_head_weighs_every_position_of_the_last_feature_map(shape):
-    # The depthwise kernel must span the whole last map (1 x 1 out), whatever the input size;
-    # a smaller one would still give 128-d vectors but slide over the face like pooling.
-    tower = build_tower("facenet-g", shape)
-    gdc = tower.get_layer("gdc")
-    assert tuple(gdc.output.shape[1:3]) == (1, 1)
-    assert tuple(gdc.kernel.shape[:2]) == tuple(gdc.input.shape[1:3]) == (shape[0] // 16, shape[1] // 16)
 
 
 def test_unknown_architecture_is_refused():
