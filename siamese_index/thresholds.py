@@ -2,10 +2,10 @@
 
 `calibrate` writes a directory with the same weights (and model id) and a threshold chosen on
 the user's own people. A home already serving those weights adopts that calibration here, or a
-threshold chosen by hand. The choice is recorded in SQLite (model_versions.threshold and
-scores["threshold_set"]); from then on it outranks the model directory's config.json for that
-version. The write bumps the change counter, so every process serving the home adopts it on
-its next request.
+threshold chosen by hand. The choice is recorded in SQLite (model_versions.threshold, the
+impostor table and method in its scores, and scores["threshold_set"]: where from, when); from
+then on it outranks the model directory's config.json for that version. The write bumps the
+change counter, so every process serving the home adopts it on its next request.
 """
 from __future__ import annotations
 
@@ -53,14 +53,14 @@ def set_calibration(idx, ref="active", *, model_dir=None, threshold: float | Non
         else:
             new = {"threshold": threshold, "threshold_method": "set by hand",
                    "impostor_far_table": current.metrics.get("impostor_far_table"), "source": "by hand"}
-        new.update(previous_threshold=current.threshold, set_at=now_iso())
         scores = json.loads(row.scores or "{}")
-        scores.update({SET_KEY: new, "impostor_far_table": new["impostor_far_table"],
-                       "threshold_method": new["threshold_method"]})
+        # The table and method sit where a version's record always keeps them; SET_KEY says why.
+        scores.update({"impostor_far_table": new.pop("impostor_far_table"), "threshold_method": new["threshold_method"],
+                       SET_KEY: {"source": new["source"], "previous_threshold": current.threshold, "set_at": now_iso()}})
         txn.conn.execute(update(model_versions).where(model_versions.c.id == row.id)
                          .values(threshold=new["threshold"], scores=json.dumps(scores)))
     return {"version": int(row.id), "model_id": row.model_id, "active": bool(row.active),
-            "previous_threshold": new["previous_threshold"], "threshold": new["threshold"],
+            "previous_threshold": current.threshold, "threshold": new["threshold"],
             "threshold_method": new["threshold_method"], "source": new["source"]}
 
 
