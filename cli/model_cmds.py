@@ -222,9 +222,10 @@ def _held_out_patterns(embedder) -> tuple[str, ...]:
 def calibrate(data_dirs, model, out, include, exclude, held_out, seed, cap, overwrite, as_json):
     """Choose the model's threshold again on people from DATA_DIRS it never trained on.
 
-    For a camera unlike the training photos: pairs from each folder weigh the same, the
-    threshold that verifies them best is kept, and a new model directory is written with
-    the same weights (and model id) and the new threshold.
+    For a camera unlike the training photos: pairs from each folder weigh the same. With one
+    folder the threshold that verifies it best is kept; with several, the one at which the
+    folder that loses most accuracy (against its own best threshold) loses least. A new model
+    directory is written with the same weights (and model id) and the new threshold.
     """
     quiet_tensorflow()
     from siamese_index.config import resolve_model_dir
@@ -255,7 +256,8 @@ def calibrate(data_dirs, model, out, include, exclude, held_out, seed, cap, over
     click.echo(f"wrote {out} ({config.model_id}): threshold {fmt(record['previous_threshold'], 4)} -> {fmt(config.threshold, 4)}")
     for s in record["sets"]:
         click.echo(f"  {s['source']}: {s['identities']} identities, {s['pairs']} pairs, accuracy "
-                   f"{fmt(s['accuracy_before'])} -> {fmt(s['accuracy_after'])} (its own best threshold {fmt(s['best_threshold'], 4)})")
+                   f"{fmt(s['accuracy_before'])} -> {fmt(s['accuracy_after'])} "
+                   f"({fmt(s['accuracy_lost'])} below its own best, at threshold {fmt(s['best_threshold'], 4)})")
 
 
 @click.command()

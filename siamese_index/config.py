@@ -6,7 +6,7 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = PROJECT_ROOT / "models"
-DEFAULT_MODEL_NAME = "faces-v4"
+DEFAULT_MODEL_NAME = "faces-v5"
 
 
 def default_home() -> Path:

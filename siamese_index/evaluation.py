@@ -40,6 +40,31 @@ def best_threshold(distances, labels) -> tuple[float, float]:
     return float(t), float(correct[k] / len(ds))
 
 
+def least_regret_threshold(sets) -> tuple[float, list[float]]:
+    """The threshold at which the set that loses most accuracy, against its own best threshold,
+    loses least; and each set's loss there.
+
+    sets: (distances, labels) per camera or collection. A threshold that must serve several
+    cameras should not sacrifice one for another: pooled max accuracy lets the set whose
+    accuracy curve is flattest pull the threshold its way. Ties go to the higher mean
+    accuracy, then to the lower threshold. With one set this is best_threshold's choice.
+    """
+    sets = [(np.asarray(d, dtype=np.float64), np.asarray(y).astype(bool)) for d, y in sets]
+    values = np.unique(np.concatenate([d for d, _ in sets]))
+    # Every cut of every set lies between two neighbouring pooled values (or outside them all).
+    candidates = np.concatenate([[values[0] - 1e-6], (values[1:] + values[:-1]) / 2, [values[-1] + 1e-6]])
+    acc = np.empty((len(sets), len(candidates)))
+    for i, (d, y) in enumerate(sets):
+        genuine_below = np.searchsorted(np.sort(d[y]), candidates, side="left")
+        impostors_below = np.searchsorted(np.sort(d[~y]), candidates, side="left")
+        acc[i] = (genuine_below + (~y).sum() - impostors_below) / len(d)
+    regret = acc.max(axis=1, keepdims=True) - acc
+    worst = regret.max(axis=0)
+    # lexsort: last key first; smallest worst loss, then largest mean accuracy, then lowest index.
+    k = int(np.lexsort((np.arange(len(candidates)), -acc.mean(axis=0), np.round(worst, 12)))[0])
+    return float(candidates[k]), [float(r) for r in regret[:, k]]
+
+
 def roc_auc(distances, labels) -> float:
     """P(an impostor pair is farther than a genuine pair), ties counting one half."""
     d = np.asarray(distances, dtype=np.float64)

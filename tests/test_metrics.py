@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from siamese_index.evaluation import (
-    accuracy_at, best_threshold, eer, impostor_far_table, n_way_accuracy, one_shot_split, rank_k, roc_auc, tar_at_far,
+    accuracy_at, best_threshold, eer, impostor_far_table, least_regret_threshold, n_way_accuracy, one_shot_split, rank_k,
+    roc_auc, tar_at_far,
 )
 
 # Genuine pairs at 0.1, 0.2, 0.6; impostors at 0.4, 0.8, 0.9.
@@ -20,6 +21,28 @@ def test_best_threshold_is_a_midpoint():
     t, acc = best_threshold(D, Y)
     assert acc == pytest.approx(5 / 6)
     assert t in (pytest.approx(0.3), pytest.approx(0.7))
+
+
+def test_least_regret_threshold_serves_both_sets_where_pooled_accuracy_would_not():
+    # Set a (tight genuine pairs) is perfect only in (0.3, 0.4]; set b only in (0.55, 0.65].
+    a = ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [1, 1, 1, 0, 0, 0])
+    b = ([0.35, 0.45, 0.55, 0.65, 0.7, 0.75], [1, 1, 1, 0, 0, 0])
+    # Pooled, three intervals tie at mean accuracy 5/6 and the first, perfect for a, wins.
+    pooled, _ = best_threshold(a[0] + b[0], a[1] + b[1])
+    assert pooled == pytest.approx(0.375)
+    # In (0.45, 0.5] each set loses 1/6 against its own best; everywhere else one loses 2/6 or more.
+    t, losses = least_regret_threshold([a, b])
+    assert t == pytest.approx(0.475)
+    assert losses == [pytest.approx(1 / 6), pytest.approx(1 / 6)]
+    assert accuracy_at(*a, t) == pytest.approx(5 / 6) and accuracy_at(*b, t) == pytest.approx(5 / 6)
+
+
+def test_least_regret_threshold_of_one_set_is_its_best_threshold():
+    rng = np.random.default_rng(0)
+    d = np.round(rng.random(200), 2)  # rounded: ties between distances must be handled
+    y = (d + rng.normal(0, 0.2, 200) < 0.5).astype(int)
+    t, losses = least_regret_threshold([(d, y)])
+    assert t == pytest.approx(best_threshold(d, y)[0]) and losses == [0.0]
 
 
 def test_auc_by_hand():

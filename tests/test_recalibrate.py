@@ -10,7 +10,7 @@ from cli.main import cli
 
 from siamese_index.datasets import load_dataset
 from siamese_index.embedder import KerasEmbedder
-from siamese_index.evaluation import best_threshold, impostor_far_table
+from siamese_index.evaluation import accuracy_at, best_threshold, impostor_far_table
 from siamese_index.pairs import sample_pairs
 from siamese_index.synthetic import identity_image, make_identity_folder
 
@@ -55,16 +55,23 @@ def test_calibrate_on_new_people_keeps_the_weights_and_records_the_choice(model,
     # Each set weighs the same: the large one is cut to the small one's number of pairs.
     assert [s["pairs"] for s in record["sets"]] == [24, 24]
     assert [s["identities"] for s in record["sets"]] == [4, 12]
-    # The threshold is the max-accuracy one on those pooled pairs, recomputed here by hand.
-    dist, labels = [], []
+    # Two sets: no threshold leaves the worse-served set closer to its own best accuracy.
+    # Recomputed here the slow way, over every pooled distance as a threshold.
+    sets = []
     for folder in (small, large):
         data = load_dataset(folder, cal.preprocessing)
         emb = cal.embed_batch(data.x)
         a, b, y = sample_pairs(data.labels, n_pairs=24, seed=4)
-        dist.append(np.linalg.norm(emb[a] - emb[b], axis=1))
-        labels.append(y)
-    expected, _ = best_threshold(np.concatenate(dist), np.concatenate(labels))
-    assert cal.threshold == pytest.approx(expected, abs=1e-6)
+        sets.append((np.linalg.norm(emb[a] - emb[b], axis=1), y))
+    best = [best_threshold(d, y)[1] for d, y in sets]
+
+    def worst_loss(t):
+        return max(b - accuracy_at(d, y, t) for (d, y), b in zip(sets, best))
+
+    pooled = np.concatenate([d for d, _ in sets])
+    assert worst_loss(cal.threshold) == pytest.approx(min(worst_loss(t) for t in [*pooled, pooled.max() + 1]))
+    assert [s["accuracy_lost"] for s in record["sets"]] == pytest.approx(
+        [b - accuracy_at(d, y, cal.threshold) for (d, y), b in zip(sets, best)])
     # The unknown-person impostor table comes from the set with the most people.
     assert record["impostor_table_from"] == str(large)
     assert np.allclose(cal.config.metrics["impostor_far_table"], impostor_far_table(emb, data.labels, seed=4))
