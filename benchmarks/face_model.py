@@ -6,9 +6,8 @@
 
 ORL s31-s40 has only 400 sampled pairs, so its verification figures move by about a point from
 one pair sample to the next: a second row averages --pair-seeds samples (seeds 0, 1, ...). A
-third does the same with the threshold chosen again on ORL s1-s30 (`siamese-index calibrate`),
-the seed towers' training people: the protocol of the README's seed-tower table, for a tower
-whose own threshold came from LFW's press photos.
+third does the same with the threshold chosen again on ORL s1-s30 alone (`siamese-index
+calibrate`), the seed towers' training people: the protocol of the README's seed-tower table.
 
     python benchmarks/face_model.py [--model NAME] [--pair-seeds 8]  (default: the default face tower)
 """
