@@ -13,31 +13,14 @@ def accuracy_at(distances, labels, threshold: float) -> float:
 
 
 def best_threshold(distances, labels) -> tuple[float, float]:
-    """The threshold with the highest accuracy on these pairs, and that accuracy.
+    """The threshold with the highest accuracy on these pairs (the lowest, on a tie), and that
+    accuracy.
 
-    Candidates are midpoints between consecutive sorted distances, so the answer never sits on
-    a sample. Optimistic when reported on the pairs it was chosen on.
+    Candidates are midpoints between consecutive distinct distances, so the answer never sits
+    on a sample. Optimistic when reported on the pairs it was chosen on.
     """
-    d = np.asarray(distances, dtype=np.float64)
-    y = np.asarray(labels).astype(bool)
-    order = np.argsort(d, kind="stable")
-    ds, ys = d[order], y[order]
-    # Accepting the first k sorted pairs as "same": correct = genuine among them + impostors after.
-    gen_before = np.concatenate([[0], np.cumsum(ys)])
-    imp_after = (~ys).sum() - np.concatenate([[0], np.cumsum(~ys)])
-    correct = gen_before + imp_after
-    # A cut is only possible where distances differ.
-    valid = np.ones(len(ds) + 1, dtype=bool)
-    valid[1:-1] = ds[1:] > ds[:-1]
-    correct = np.where(valid, correct, -1)
-    k = int(np.argmax(correct))
-    if k == 0:
-        t = ds[0] - 1e-6
-    elif k == len(ds):
-        t = ds[-1] + 1e-6
-    else:
-        t = (ds[k - 1] + ds[k]) / 2
-    return float(t), float(correct[k] / len(ds))
+    threshold, _ = least_regret_threshold([(distances, labels)])  # one set: its best threshold
+    return threshold, accuracy_at(distances, labels, threshold)
 
 
 def least_regret_threshold(sets) -> tuple[float, list[float]]:
@@ -47,7 +30,7 @@ def least_regret_threshold(sets) -> tuple[float, list[float]]:
     sets: (distances, labels) per camera or collection. A threshold that must serve several
     cameras should not sacrifice one for another: pooled max accuracy lets the set whose
     accuracy curve is flattest pull the threshold its way. Ties go to the higher mean
-    accuracy, then to the lower threshold. With one set this is best_threshold's choice.
+    accuracy, then to the lower threshold. With one set: its max-accuracy threshold.
     """
     sets = [(np.asarray(d, dtype=np.float64), np.asarray(y).astype(bool)) for d, y in sets]
     values = np.unique(np.concatenate([d for d, _ in sets]))

@@ -37,12 +37,18 @@ def test_least_regret_threshold_serves_both_sets_where_pooled_accuracy_would_not
     assert accuracy_at(*a, t) == pytest.approx(5 / 6) and accuracy_at(*b, t) == pytest.approx(5 / 6)
 
 
-def test_least_regret_threshold_of_one_set_is_its_best_threshold():
+def test_least_regret_threshold_of_one_set_is_its_max_accuracy_threshold():
     rng = np.random.default_rng(0)
     d = np.round(rng.random(200), 2)  # rounded: ties between distances must be handled
     y = (d + rng.normal(0, 0.2, 200) < 0.5).astype(int)
     t, losses = least_regret_threshold([(d, y)])
-    assert t == pytest.approx(best_threshold(d, y)[0]) and losses == [0.0]
+    # Checked the slow way: every sample distance (and one above them all) as a threshold.
+    cuts = [*np.unique(d), d.max() + 1]
+    best = max(accuracy_at(d, y, c) for c in cuts)
+    first = min(c for c in cuts if accuracy_at(d, y, c) == best)  # accepted pairs end just below it
+    assert losses == [0.0] and accuracy_at(d, y, t) == best
+    assert t < first and t > max([v for v in np.unique(d) if v < first], default=-np.inf)
+    assert best_threshold(d, y) == (t, best)
 
 
 def test_auc_by_hand():
