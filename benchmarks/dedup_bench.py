@@ -25,6 +25,7 @@ Part 2 (synthetic vectors): the FAISS search and complete-linkage grouping of de
 N random descriptors with planted near-duplicates, for N in --scale; the approximate index's
 recall of planted pairs and of the exact search's neighbours is reported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -144,8 +145,9 @@ def build(out: Path, people: int, unrelated: int, seed: int) -> dict:
                 else:
                     im.save(buf, "PNG")
                     suffix = ".png"
-                entries.append((buf.getvalue(), suffix, {"person": person.name, "picture": pic, "role": "copy",
-                                                          "edits": edits}))
+                entries.append(
+                    (buf.getvalue(), suffix, {"person": person.name, "picture": pic, "role": "copy", "edits": edits})
+                )
         others_here = rng.sample(rest, min(len(rest), rng.randint(1, 2)))
         for k, other in enumerate(others_here):
             if any(lfw_same_picture(p, other) for p in [original, *others_here[:k]]):
@@ -153,12 +155,22 @@ def build(out: Path, people: int, unrelated: int, seed: int) -> dict:
                 # shot twice): such a photo is not "another photo", and is left out.
                 excluded.append(f"{person.name}/{other.name}")
                 continue
-            entries.append((other.read_bytes(), ".jpg", {"person": person.name,
-                                                         "picture": f"{person.name}/{other.name}", "role": "other"}))
+            entries.append(
+                (
+                    other.read_bytes(),
+                    ".jpg",
+                    {"person": person.name, "picture": f"{person.name}/{other.name}", "role": "other"},
+                )
+            )
     for person in others:
         photo = next(person.glob("*.jpg"))
-        entries.append((photo.read_bytes(), ".jpg", {"person": person.name,
-                                                     "picture": f"{person.name}/{photo.name}", "role": "unrelated"}))
+        entries.append(
+            (
+                photo.read_bytes(),
+                ".jpg",
+                {"person": person.name, "picture": f"{person.name}/{photo.name}", "role": "unrelated"},
+            )
+        )
     rng.shuffle(entries)
     files = {}
     for i, (data, suffix, info) in enumerate(entries):
@@ -169,8 +181,12 @@ def build(out: Path, people: int, unrelated: int, seed: int) -> dict:
     by_pic: dict[str, list[str]] = {}
     for rel, info in files.items():
         by_pic.setdefault(info["picture"], []).append(rel)
-    truth = {"seed": seed, "files": files, "groups": [sorted(v) for v in by_pic.values() if len(v) > 1],
-             "excluded_lfw_copies": excluded}
+    truth = {
+        "seed": seed,
+        "files": files,
+        "groups": [sorted(v) for v in by_pic.values() if len(v) > 1],
+        "excluded_lfw_copies": excluded,
+    }
     return truth
 
 
@@ -197,8 +213,16 @@ def score(pred_groups, truth: dict) -> dict:
     files = truth["files"]
     same_person = sum(1 for a, b in pred - true_pairs if files[a]["person"] == files[b]["person"])
     largest = max((len(g) for g in pred_groups), default=0)
-    return {"precision": p, "recall": r, "f1": f1, "pairs": len(pred), "true_pairs": len(true_pairs), "tp": tp,
-            "same_person_merges": same_person, "largest_group": largest}
+    return {
+        "precision": p,
+        "recall": r,
+        "f1": f1,
+        "pairs": len(pred),
+        "true_pairs": len(true_pairs),
+        "tp": tp,
+        "same_person_merges": same_person,
+        "largest_group": largest,
+    }
 
 
 def connected_components(n: int, edges) -> list[list[int]]:
@@ -224,7 +248,7 @@ def connected_components(n: int, edges) -> list[list[int]]:
 # Methods
 # ---------------------------------------------------------------------------------------------
 def run_near(root: Path, cache: Path | None, threshold: float | None) -> tuple[list[list[str]], float, dict]:
-    from siamese_index.dedup import dedup
+    from siamese_index.duplicates.pipeline import dedup
 
     t0 = time.perf_counter()
     report = dedup([root], level="near", threshold=threshold, cache=cache if cache else False)
@@ -257,7 +281,7 @@ def run_phash(root: Path, max_distances=(10,)) -> list[tuple[int, list[list[str]
         index = faiss.IndexBinaryFlat(64)
         index.add(codes)
         lims, _, ids = index.range_search(codes, max_distance + 1)
-        edges = [(i, int(j)) for i in range(len(paths)) for j in ids[lims[i]:lims[i + 1]] if int(j) > i]
+        edges = [(i, int(j)) for i in range(len(paths)) for j in ids[lims[i] : lims[i + 1]] if int(j) > i]
         comps = connected_components(len(paths), edges)
         seconds = t_hash + time.perf_counter() - t0
         out.append((max_distance, [[str(paths[i].relative_to(root)) for i in c] for c in comps], seconds))
@@ -276,7 +300,7 @@ def scale_run(n: int, seed: int = 0) -> dict:
     level queries with (whole picture, centre); 10% of items are planted near-duplicates."""
     import faiss
 
-    from siamese_index import dedup as D
+    from siamese_index.duplicates import pipeline as D
 
     rng = np.random.default_rng(seed)
     dim = D.NEAR_DIM
@@ -288,7 +312,7 @@ def scale_run(n: int, seed: int = 0) -> dict:
     x = _unit(centres[theme] + rng.standard_normal((n, dim)).astype(np.float32) * (0.6 / np.sqrt(dim)))
     n_dup = n // 10
     src = rng.choice(n - n_dup, n_dup, replace=True)
-    x[n - n_dup:] = _unit(x[src] + rng.standard_normal((n_dup, dim)).astype(np.float32) * (0.3 / np.sqrt(dim)))
+    x[n - n_dup :] = _unit(x[src] + rng.standard_normal((n_dup, dim)).astype(np.float32) * (0.3 / np.sqrt(dim)))
     views = np.stack([x, _unit(x + rng.standard_normal((n, dim)).astype(np.float32) * (0.2 / np.sqrt(dim)))], axis=1)
     planted = {(int(min(a, b)), int(max(a, b))) for a, b in zip(src, range(n - n_dup, n))}
     radius, k = D.NEAR_CANDIDATE_RADIUS, D.NEAR_K
@@ -322,12 +346,22 @@ def scale_run(n: int, seed: int = 0) -> dict:
             d2a, idsa = index.search(np.ascontiguousarray(views[qi, v]), k + 1)
             for row, q in enumerate(qi):
                 want |= {(int(q), int(j)) for j, dd in zip(ids[row], d2[row]) if j != q and np.sqrt(dd) < radius}
-                got |= {(int(q), int(j)) for j, dd in zip(idsa[row], d2a[row])
-                        if j >= 0 and j != q and np.sqrt(dd) < radius}
+                got |= {
+                    (int(q), int(j)) for j, dd in zip(idsa[row], d2a[row]) if j >= 0 and j != q and np.sqrt(dd) < radius
+                }
         exact_recall = len(want & got) / max(1, len(want))
-    return {"n": n, "index": type(index).__name__, "build_s": t_build, "search_s": t_search, "group_s": t_group,
-            "total_s": t_build + t_search + t_group, "pairs": len(pi), "groups": len(groups),
-            "planted_recall": planted_recall, "recall_vs_exact": exact_recall}
+    return {
+        "n": n,
+        "index": type(index).__name__,
+        "build_s": t_build,
+        "search_s": t_search,
+        "group_s": t_group,
+        "total_s": t_build + t_search + t_group,
+        "pairs": len(pi),
+        "groups": len(groups),
+        "planted_recall": planted_recall,
+        "recall_vs_exact": exact_recall,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,36 +381,48 @@ def main(argv=None) -> None:
         root = args.work / "photos"
         truth = build(root, args.people, args.people if args.unrelated is None else args.unrelated, args.seed)
         n = len(truth["files"])
-        print(f"benchmark: {n} files, {len(truth['groups'])} duplicate groups, "
-              f"{len(pairs_of(truth['groups']))} duplicate pairs (seed {args.seed}); left out "
-              f"{len(truth['excluded_lfw_copies'])} LFW photos that are copies of another chosen photo: "
-              f"{', '.join(truth['excluded_lfw_copies']) or '-'}", flush=True)
+        print(
+            f"benchmark: {n} files, {len(truth['groups'])} duplicate groups, "
+            f"{len(pairs_of(truth['groups']))} duplicate pairs (seed {args.seed}); left out "
+            f"{len(truth['excluded_lfw_copies'])} LFW photos that are copies of another chosen photo: "
+            f"{', '.join(truth['excluded_lfw_copies']) or '-'}",
+            flush=True,
+        )
         rows = []
         groups, secs, stats = run_near(root, None, args.threshold)
         rows.append(("siamese-index near", score(groups, truth), secs))
         results["near_stats"] = stats
         for max_distance, groups, secs in run_phash(root, (10, 16)):
             rows.append((f"phash (Hamming <= {max_distance})", score(groups, truth), secs))
-        print(f"\n{'method':24} {'precision':>9} {'recall':>7} {'F1':>6} {'seconds':>8} {'images/s':>9} "
-              f"{'same-person':>11} {'largest':>7}")
+        print(
+            f"\n{'method':24} {'precision':>9} {'recall':>7} {'F1':>6} {'seconds':>8} {'images/s':>9} "
+            f"{'same-person':>11} {'largest':>7}"
+        )
         for name, s, secs in rows:
-            print(f"{name:24} {s['precision']:9.4f} {s['recall']:7.4f} {s['f1']:6.4f} {secs:8.1f} {n / secs:9.1f} "
-                  f"{s['same_person_merges']:11d} {s['largest_group']:7d}")
+            print(
+                f"{name:24} {s['precision']:9.4f} {s['recall']:7.4f} {s['f1']:6.4f} {secs:8.1f} {n / secs:9.1f} "
+                f"{s['same_person_merges']:11d} {s['largest_group']:7d}"
+            )
         results["files"] = n
-        results["methods"] = [{"method": name, **s, "seconds": secs, "images_per_s": n / secs}
-                              for name, s, secs in rows]
+        results["methods"] = [
+            {"method": name, **s, "seconds": secs, "images_per_s": n / secs} for name, s, secs in rows
+        ]
     sizes = [int(float(s)) for s in args.scale.split(",") if s.strip()]
     if sizes:
         print("\nsearch + grouping on synthetic descriptors")
-        print(f"{'N':>9} {'index':>22} {'build s':>8} {'search s':>9} {'group s':>8} {'total s':>8} "
-              f"{'pairs':>9} {'planted recall':>14} {'recall vs exact':>15}")
+        print(
+            f"{'N':>9} {'index':>22} {'build s':>8} {'search s':>9} {'group s':>8} {'total s':>8} "
+            f"{'pairs':>9} {'planted recall':>14} {'recall vs exact':>15}"
+        )
         results["scale"] = []
         for size in sizes:
             r = scale_run(size, args.seed)
             results["scale"].append(r)
-            print(f"{r['n']:9d} {r['index']:>22} {r['build_s']:8.1f} {r['search_s']:9.1f} {r['group_s']:8.1f} "
-                  f"{r['total_s']:8.1f} {r['pairs']:9d} {r['planted_recall']:14.4f} {r['recall_vs_exact']:15.4f}",
-                  flush=True)
+            print(
+                f"{r['n']:9d} {r['index']:>22} {r['build_s']:8.1f} {r['search_s']:9.1f} {r['group_s']:8.1f} "
+                f"{r['total_s']:8.1f} {r['pairs']:9d} {r['planted_recall']:14.4f} {r['recall_vs_exact']:15.4f}",
+                flush=True,
+            )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

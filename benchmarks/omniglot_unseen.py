@@ -5,6 +5,7 @@ Trains the shipped omniglot-v2 command on 20 of the 30 background alphabets (abo
 
     python benchmarks/omniglot_unseen.py [--tasks 4000] [--model DIR]   # --model: skip training
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,10 +14,38 @@ from pathlib import Path
 
 from _cli import SHARED, siamese
 
-UNSEEN = ["Arcadian", "Balinese", "Braille", "Early_Aramaic", "Greek", "Inuktitut*", "Korean", "Mkhedruli*",
-          "Sanskrit", "Tifinagh"]
-RECIPE = ["--arch", "facenet-s", "--epochs", "14", "--size", "28x28", "--augment", "symbols", "--val-fraction", "0.1",
-          "--batch-identities", "32", "--images-per-identity", "4", "--seed", "2", "--proxy-weight", "1.0"]
+UNSEEN = [
+    "Arcadian",
+    "Balinese",
+    "Braille",
+    "Early_Aramaic",
+    "Greek",
+    "Inuktitut*",
+    "Korean",
+    "Mkhedruli*",
+    "Sanskrit",
+    "Tifinagh",
+]
+RECIPE = [
+    "--arch",
+    "facenet-s",
+    "--epochs",
+    "14",
+    "--size",
+    "28x28",
+    "--augment",
+    "symbols",
+    "--val-fraction",
+    "0.1",
+    "--batch-identities",
+    "32",
+    "--images-per-identity",
+    "4",
+    "--seed",
+    "2",
+    "--proxy-weight",
+    "1.0",
+]
 
 
 def main() -> None:
@@ -35,8 +64,10 @@ def main() -> None:
         only = [a for name in UNSEEN for a in ("--identities", f"{name}/*")]
         r, _ = siamese("evaluate", str(data), "--model", model, "--n-way", "20", "--tasks", str(args.tasks), *only)
     v, o, n = r["verification"], r["one_shot"], r["n_way"]
-    print(f"10 unseen alphabets: 20-way one-shot {n['accuracy']:.3f} ({n['tasks']} tasks); verification "
-          f"{v['accuracy']:.3f} at own threshold, AUC {v['auc']:.3f}; rank-1 {o['rank1']:.3f} over {o['identities']} characters")
+    print(
+        f"10 unseen alphabets: 20-way one-shot {n['accuracy']:.3f} ({n['tasks']} tasks); verification "
+        f"{v['accuracy']:.3f} at own threshold, AUC {v['auc']:.3f}; rank-1 {o['rank1']:.3f} over {o['identities']} characters"
+    )
 
 
 if __name__ == "__main__":

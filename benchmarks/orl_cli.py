@@ -7,6 +7,7 @@
 
     python benchmarks/orl_cli.py [--model NAME]  (default: the default face tower)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,10 +44,14 @@ def main() -> None:
         rank5 = sum(any(c["id"] == p for c in a["candidates"][:5]) for a, (p, _) in zip(answers, probes)) / len(probes)
         known_right = sum(a["known"] and a["match"]["id"] == p for a, (p, _) in zip(answers, probes))
         known_wrong = sum(a["known"] and a["match"]["id"] != p for a, (p, _) in zip(answers, probes))
-        print(f"ORL one-shot via the CLI: 40 enrolled (image 1 each), {len(probes)} probes in one identify call ({seconds:.1f} s)")
+        print(
+            f"ORL one-shot via the CLI: 40 enrolled (image 1 each), {len(probes)} probes in one identify call ({seconds:.1f} s)"
+        )
         print(f"  rank-1 {rank1:.3f}   rank-5 {rank5:.3f}")
-        print(f"  answered known and right {known_right}, known but wrong {known_wrong}, unknown {len(probes) - known_right - known_wrong}"
-              f"   (threshold {answers[0]['threshold']:.4f})")
+        print(
+            f"  answered known and right {known_right}, known but wrong {known_wrong}, unknown {len(probes) - known_right - known_wrong}"
+            f"   (threshold {answers[0]['threshold']:.4f})"
+        )
 
         home20 = work / "first20"
         enrolled, strangers = everyone[:20], everyone[20:]
@@ -59,9 +64,13 @@ def main() -> None:
         refused = sum(not a["known"] for a, (p, _) in zip(answers, queries) if p is None)
         n_known, n_strange = sum(1 for p, _ in queries if p), sum(1 for p, _ in queries if p is None)
         print(f"Unknown-person behaviour: 20 enrolled, threshold {answers[0]['threshold']:.4f}")
-        print(f"  photos of the 20 enrolled: {right_known}/{n_known} identified correctly, {wrong_known} given the wrong name, "
-              f"{n_known - right_known - wrong_known} answered unknown")
-        print(f"  photos of the 20 never enrolled: {refused}/{n_strange} answered unknown, {n_strange - refused} wrongly accepted")
+        print(
+            f"  photos of the 20 enrolled: {right_known}/{n_known} identified correctly, {wrong_known} given the wrong name, "
+            f"{n_known - right_known - wrong_known} answered unknown"
+        )
+        print(
+            f"  photos of the 20 never enrolled: {refused}/{n_strange} answered unknown, {n_strange - refused} wrongly accepted"
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@
 
     python benchmarks/retrain_orl.py [--model DIR] [--epochs 5] [--lr 1e-4]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from siamese_index.config import DEFAULT_MODEL_NAME  # noqa: E402  (after the path is set)
-from siamese_index.pairs import write_pairs_csv  # noqa: E402
+from siamese_index.training.pairs import write_pairs_csv  # noqa: E402
+
 ORL = Path(__file__).resolve().parents[2] / "shared" / "data" / "orl_faces"
 
 TRAIN_PEOPLE = [f"s{i}" for i in range(1, 21)]
@@ -39,8 +41,13 @@ def one_shot(idx, people: list[str]) -> dict:
     rank1 = np.mean([bool(a.candidates) and a.candidates[0].id == p for a, (p, _) in zip(answers, probes)])
     rank5 = np.mean([any(c.id == p for c in a.candidates[:5]) for a, (p, _) in zip(answers, probes)])
     known_right = sum(a.known and a.match.id == p for a, (p, _) in zip(answers, probes))
-    return {"probes": len(probes), "rank1": float(rank1), "rank5": float(rank5), "known_right": int(known_right),
-            "threshold": answers[0].threshold if answers else None}
+    return {
+        "probes": len(probes),
+        "rank1": float(rank1),
+        "rank5": float(rank5),
+        "known_right": int(known_right),
+        "threshold": answers[0].threshold if answers else None,
+    }
 
 
 def pairs_csv(folder: Path, people: list[str], seed: int) -> Path:
@@ -77,9 +84,9 @@ def main() -> None:
     if not (model / "config.json").is_file():
         sys.exit(f"no model directory at {model} (pass --model)")
 
-    from siamese_index.index import SiameseIndex
-    from siamese_index.retrain import RetrainOptions, retrain
-    from siamese_index.versions import activate
+    from siamese_index.index.facade import SiameseIndex
+    from siamese_index.lifecycle.retrain import RetrainOptions, retrain
+    from siamese_index.lifecycle.versions import activate
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="retrain-orl-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -91,9 +98,14 @@ def main() -> None:
             before = one_shot(idx, TEST_PEOPLE)
             csv_path = pairs_csv(work / "pairs", TRAIN_PEOPLE, args.seed)
             t0 = time.perf_counter()
-            rep = retrain(idx, csv_path, options=RetrainOptions(
-                epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, seed=args.seed),
-                progress=lambda m: print(f"  {m}", file=sys.stderr))
+            rep = retrain(
+                idx,
+                csv_path,
+                options=RetrainOptions(
+                    epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, seed=args.seed
+                ),
+                progress=lambda m: print(f"  {m}", file=sys.stderr),
+            )
             seconds = time.perf_counter() - t0
             note = ""
             if not rep["activated"]:
@@ -105,21 +117,29 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
     c = rep["comparison"]
-    print(f"model {model.name} ({rep['parent']['model_id']}) retrained on ORL s1-s20 pairs: "
-          f"{rep['pairs']['total']} pairs, {rep['pairs']['train']} trained on, {args.epochs} epochs, lr {args.lr:g}, "
-          f"{seconds:.0f} s")
+    print(
+        f"model {model.name} ({rep['parent']['model_id']}) retrained on ORL s1-s20 pairs: "
+        f"{rep['pairs']['total']} pairs, {rep['pairs']['train']} trained on, {args.epochs} epochs, lr {args.lr:g}, "
+        f"{seconds:.0f} s"
+    )
     if c["judged"]:
-        print(f"  retrain's held-out check ({c['held_out_pairs']} pairs of {c['held_out_identities']} s1-s20 people not "
-              f"trained on): AUC {c['old']['auc']:.4f} -> {c['new']['auc']:.4f}, 2-fold accuracy "
-              f"{c['old']['accuracy_2fold'] or float('nan'):.3f} -> {c['new']['accuracy_2fold'] or float('nan'):.3f}")
+        print(
+            f"  retrain's held-out check ({c['held_out_pairs']} pairs of {c['held_out_identities']} s1-s20 people not "
+            f"trained on): AUC {c['old']['auc']:.4f} -> {c['new']['auc']:.4f}, 2-fold accuracy "
+            f"{c['old']['accuracy_2fold'] or float('nan'):.3f} -> {c['new']['accuracy_2fold'] or float('nan'):.3f}"
+        )
     else:
         print(f"  {c['reason']}")
     print(f"  decision: {rep['decision']}")
     print(f"one-shot on s21-s40 (never in the pairs): image 1 enrolled, {before['probes']} probes")
-    print(f"  before: rank-1 {before['rank1']:.3f}  rank-5 {before['rank5']:.3f}  known and right "
-          f"{before['known_right']} (threshold {before['threshold']:.4f})")
-    print(f"  after:  rank-1 {after['rank1']:.3f}  rank-5 {after['rank5']:.3f}  known and right "
-          f"{after['known_right']} (threshold {after['threshold']:.4f}){note}")
+    print(
+        f"  before: rank-1 {before['rank1']:.3f}  rank-5 {before['rank5']:.3f}  known and right "
+        f"{before['known_right']} (threshold {before['threshold']:.4f})"
+    )
+    print(
+        f"  after:  rank-1 {after['rank1']:.3f}  rank-5 {after['rank5']:.3f}  known and right "
+        f"{after['known_right']} (threshold {after['threshold']:.4f}){note}"
+    )
 
 
 if __name__ == "__main__":

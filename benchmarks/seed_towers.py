@@ -6,6 +6,7 @@ pairs (the third seed's protocol: the 10 classes are shared, so this is not an u
 
     python benchmarks/seed_towers.py [--epochs 40] [--only orl|fashion]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from _cli import SHARED, siamese
 
 ORL_TRAIN = ["s[1-9]", "s1[0-9]", "s2[0-9]", "s30"]
@@ -43,8 +43,27 @@ def orl(epochs: int, work: Path) -> None:
     for label, arch, mode, size in TOWERS:
         out = work / f"orl-{arch}-{mode}"
         include = [a for p in ORL_TRAIN for a in ("--identities", p)]
-        _, seconds = siamese("train", str(data), "--out", str(out), "--arch", arch, "--mode", mode, "--size", size,
-                             "--epochs", str(epochs), "--steps-per-epoch", "20", "--val-fraction", "0.2", "--seed", "0", *include)
+        _, seconds = siamese(
+            "train",
+            str(data),
+            "--out",
+            str(out),
+            "--arch",
+            arch,
+            "--mode",
+            mode,
+            "--size",
+            size,
+            "--epochs",
+            str(epochs),
+            "--steps-per-epoch",
+            "20",
+            "--val-fraction",
+            "0.2",
+            "--seed",
+            "0",
+            *include,
+        )
         test = [a for p in ORL_TEST for a in ("--identities", p)]
         report, _ = siamese("evaluate", str(data), "--model", str(out), *test)
         print(_row(label, report, seconds), flush=True)
@@ -70,9 +89,32 @@ def fashion(epochs: int, work: Path) -> None:
     for label, arch, mode, _ in TOWERS:
         out = work / f"fashion-{arch}-{mode}"
         # 10 classes: two are held out of training to calibrate the threshold (pairs need two).
-        _, seconds = siamese("train", str(train), "--out", str(out), "--arch", arch, "--mode", mode, "--size", "28x28",
-                             "--epochs", str(epochs), "--steps-per-epoch", "100", "--val-fraction", "0.2",
-                             "--augment", "none", "--batch-identities", "9", "--images-per-identity", "8", "--seed", "0")
+        _, seconds = siamese(
+            "train",
+            str(train),
+            "--out",
+            str(out),
+            "--arch",
+            arch,
+            "--mode",
+            mode,
+            "--size",
+            "28x28",
+            "--epochs",
+            str(epochs),
+            "--steps-per-epoch",
+            "100",
+            "--val-fraction",
+            "0.2",
+            "--augment",
+            "none",
+            "--batch-identities",
+            "9",
+            "--images-per-identity",
+            "8",
+            "--seed",
+            "0",
+        )
         report, _ = siamese("evaluate", str(test), "--model", str(out), "--cap", "500")
         print(_row(label, report, seconds), flush=True)
 

@@ -32,6 +32,7 @@ and the load average. --enroll-every 0 runs without the enroller (lookups alone)
 run on the same machine as the server and compete with it for the CPU.
 Exit status 1 when any request failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,21 +70,34 @@ def say(msg: str) -> None:
 def tiny_tower(out: Path) -> Path:
     if (out / "config.json").is_file():
         return out
-    from siamese_index.datasets import load_dataset
-    from siamese_index.images import Preprocessing
-    from siamese_index.synthetic import make_identity_folder
-    from siamese_index.training import TrainOptions, train
+    from siamese_index.imaging.loading import Preprocessing
+    from siamese_index.imaging.synthetic import make_identity_folder
+    from siamese_index.training.datasets import load_dataset
+    from siamese_index.training.trainer import TrainOptions, train
 
     prep = Preprocessing(24, 24, 1)
     root = make_identity_folder(out.parent / "train-ids", identities=24, per_identity=5)
-    train(load_dataset(root, prep), out, TrainOptions(
-        arch="seed-conv", epochs=6, seed=0, val_fraction=0.25, identities_per_batch=12, images_per_identity=4,
-        steps_per_epoch=8, learning_rate=3e-3, augmentation="none"), prep)
+    train(
+        load_dataset(root, prep),
+        out,
+        TrainOptions(
+            arch="seed-conv",
+            epochs=6,
+            seed=0,
+            val_fraction=0.25,
+            identities_per_batch=12,
+            images_per_identity=4,
+            steps_per_epoch=8,
+            learning_rate=3e-3,
+            augmentation="none",
+        ),
+        prep,
+    )
     return out
 
 
 def photo(folder: Path, person: int, variant: int) -> Path:
-    from siamese_index.synthetic import identity_image
+    from siamese_index.imaging.synthetic import identity_image
 
     path = folder / f"p{person}_{variant}.png"
     if not path.exists():
@@ -97,15 +111,32 @@ def fill(home: Path, target_images: int, seed: int = 0) -> int:
     home holds target_images images. Returns how many were written."""
     from sqlalchemy import func, insert, select
 
-    from siamese_index.storage.db import DB_NAME, LOCK_NAME, Database, embeddings, identities, images, model_versions, now_iso
+    from siamese_index.storage.db import (
+        DB_NAME,
+        LOCK_NAME,
+        Database,
+        embeddings,
+        identities,
+        images,
+        model_versions,
+        now_iso,
+    )
 
     db = Database(home / DB_NAME, home / LOCK_NAME)
     try:
         with db.read() as conn:
-            mv = conn.execute(select(model_versions.c.id, model_versions.c.dim).where(model_versions.c.active == 1)).one()
+            mv = conn.execute(
+                select(model_versions.c.id, model_versions.c.dim).where(model_versions.c.active == 1)
+            ).one()
             have = int(conn.execute(select(func.count()).select_from(images)).scalar())
-            real = np.stack([np.frombuffer(b, "<f4") for b in conn.execute(
-                select(embeddings.c.vector).where(embeddings.c.model_version == mv.id)).scalars()])
+            real = np.stack(
+                [
+                    np.frombuffer(b, "<f4")
+                    for b in conn.execute(
+                        select(embeddings.c.vector).where(embeddings.c.model_version == mv.id)
+                    ).scalars()
+                ]
+            )
             next_ident = int(conn.execute(select(func.max(identities.c.id))).scalar() or 0) + 1
             next_image = int(conn.execute(select(func.max(images.c.id))).scalar() or 0) + 1
         need = max(0, target_images - have)
@@ -120,20 +151,45 @@ def fill(home: Path, target_images: int, seed: int = 0) -> int:
             while written < need:
                 n = min(PER_FILLER, need - written)
                 ext = f"F{next_ident:07d}"
-                txn.conn.execute(insert(identities).values(id=next_ident, external_id=ext, name=None, meta="{}",
-                                                           created_at=now, updated_at=now))
+                txn.conn.execute(
+                    insert(identities).values(
+                        id=next_ident, external_id=ext, name=None, meta="{}", created_at=now, updated_at=now
+                    )
+                )
                 v = rng.standard_normal((n, mv.dim)).astype(np.float32)
                 if nonneg:
                     v = np.abs(v)
                 v *= scale / np.linalg.norm(v, axis=1, keepdims=True)
                 ids = list(range(next_image, next_image + n))
-                txn.conn.execute(insert(images), [
-                    {"id": i, "identity_id": next_ident, "content_sha256": hashlib.sha256(f"{ext}/{j}".encode()).hexdigest(),
-                     "source_name": "synthetic vector", "width": None, "height": None, "bytes": None,
-                     "stored_path": None, "created_at": now} for j, i in enumerate(ids)])
-                txn.conn.execute(insert(embeddings), [
-                    {"image_id": i, "model_version": mv.id, "vector": np.ascontiguousarray(v[j], "<f4").tobytes(),
-                     "created_at": now} for j, i in enumerate(ids)])
+                txn.conn.execute(
+                    insert(images),
+                    [
+                        {
+                            "id": i,
+                            "identity_id": next_ident,
+                            "content_sha256": hashlib.sha256(f"{ext}/{j}".encode()).hexdigest(),
+                            "source_name": "synthetic vector",
+                            "width": None,
+                            "height": None,
+                            "bytes": None,
+                            "stored_path": None,
+                            "created_at": now,
+                        }
+                        for j, i in enumerate(ids)
+                    ],
+                )
+                txn.conn.execute(
+                    insert(embeddings),
+                    [
+                        {
+                            "image_id": i,
+                            "model_version": mv.id,
+                            "vector": np.ascontiguousarray(v[j], "<f4").tobytes(),
+                            "created_at": now,
+                        }
+                        for j, i in enumerate(ids)
+                    ],
+                )
                 next_ident += 1
                 next_image += n
                 written += n
@@ -143,8 +199,8 @@ def fill(home: Path, target_images: int, seed: int = 0) -> int:
 
 
 def build_home(home: Path, model: Path, size: int, photos: Path) -> dict:
-    from siamese_index.index import SiameseIndex
-    from siamese_index.keys import KeyStore
+    from siamese_index.index.facade import SiameseIndex
+    from siamese_index.service.keys import KeyStore
 
     t0 = time.monotonic()
     with SiameseIndex.open(home, model=model) as idx:
@@ -168,8 +224,24 @@ def start_server(home: Path, port: int, log: Path, ready_timeout: float):
     import httpx
 
     out = open(log, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--home", str(home), "--port", str(port),
-                             "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT, env=ENV, cwd=ROOT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "siamese_index.cli",
+            "serve",
+            "--home",
+            str(home),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=ENV,
+        cwd=ROOT,
+    )
     base = f"http://127.0.0.1:{port}"
     t0 = time.monotonic()
     while True:
@@ -209,7 +281,7 @@ def stop(proc) -> None:
 # ---------------------------------------------------------------------------------------------
 def enroller_main(home: str, photos: str, every: float) -> None:
     from siamese_index.errors import Busy
-    from siamese_index.index import SiameseIndex
+    from siamese_index.index.facade import SiameseIndex
 
     folder = Path(photos)
     done, failed, busy, acked = 0, 0, 0, []
@@ -297,9 +369,14 @@ def run_size(size: int, args, model: Path, work: Path) -> dict:
     say(f"   server ready in {ready_s:.1f}s")
     writer = None
     if args.enroll_every > 0:
-        writer = subprocess.Popen([sys.executable, __file__, "--_enroller", str(home), str(photos),
-                                   str(args.enroll_every)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV, cwd=ROOT)
+        writer = subprocess.Popen(
+            [sys.executable, __file__, "--_enroller", str(home), str(photos), str(args.enroll_every)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=ENV,
+            cwd=ROOT,
+        )
     wrote = {"enrolled": 0, "failed": 0, "busy": 0, "acked": []}
     found = 0
     try:
@@ -337,26 +414,42 @@ def run_size(size: int, args, model: Path, work: Path) -> dict:
         if r[1] != 200:
             kinds[str(r[1])] = kinds.get(str(r[1]), 0) + 1
     report = {
-        "size": size, "clients": args.clients, "seconds": round(elapsed, 1), "requests": len(res), "errors": errors,
-        "error_kinds": kinds, "throughput": round(len(res) / elapsed, 1),
-        "p50_ms": round(float(np.percentile(lat, 50)), 1), "p90_ms": round(float(np.percentile(lat, 90)), 1),
-        "p99_ms": round(float(np.percentile(lat, 99)), 1), "max_ms": round(float(lat.max()), 1),
+        "size": size,
+        "clients": args.clients,
+        "seconds": round(elapsed, 1),
+        "requests": len(res),
+        "errors": errors,
+        "error_kinds": kinds,
+        "throughput": round(len(res) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 1),
+        "p90_ms": round(float(np.percentile(lat, 90)), 1),
+        "p99_ms": round(float(np.percentile(lat, 99)), 1),
+        "max_ms": round(float(lat.max()), 1),
         "rank1": round(sum(r[2] for r in ok) / max(len(ok), 1), 3),
         "known_right": round(sum(r[3] for r in ok) / max(len(ok), 1), 3),
-        "enrolled_meanwhile": wrote["enrolled"], "enroll_failed": wrote["failed"], "enroll_busy": wrote["busy"],
-        "enrolled_found_after": f"{found}/{len(wrote['acked'])}", "server_ready_s": round(ready_s, 1),
+        "enrolled_meanwhile": wrote["enrolled"],
+        "enroll_failed": wrote["failed"],
+        "enroll_busy": wrote["busy"],
+        "enrolled_found_after": f"{found}/{len(wrote['acked'])}",
+        "server_ready_s": round(ready_s, 1),
         "server_cpu_ms_per_lookup": None if server_cpu is None else round(1000 * server_cpu / max(len(res), 1), 2),
         "client_cpu_ms_per_lookup": round(1000 * (own1 - own0) / max(len(res), 1), 2),
         "load_average": round(os.getloadavg()[0], 2),
     }
-    say(f"   {report['requests']} lookups in {elapsed:.1f}s by {args.clients} clients: {errors} errors "
+    say(
+        f"   {report['requests']} lookups in {elapsed:.1f}s by {args.clients} clients: {errors} errors "
         f"{kinds or ''}; {report['throughput']}/s; latency p50 {report['p50_ms']} ms, p90 {report['p90_ms']} ms, "
-        f"p99 {report['p99_ms']} ms, max {report['max_ms']} ms")
-    say(f"   server CPU {report['server_cpu_ms_per_lookup']} ms per lookup, clients' CPU "
-        f"{report['client_cpu_ms_per_lookup']} ms per lookup; 1-minute load average {report['load_average']}")
-    say(f"   nearest identity right {report['rank1']:.1%} (known and right {report['known_right']:.1%}); "
+        f"p99 {report['p99_ms']} ms, max {report['max_ms']} ms"
+    )
+    say(
+        f"   server CPU {report['server_cpu_ms_per_lookup']} ms per lookup, clients' CPU "
+        f"{report['client_cpu_ms_per_lookup']} ms per lookup; 1-minute load average {report['load_average']}"
+    )
+    say(
+        f"   nearest identity right {report['rank1']:.1%} (known and right {report['known_right']:.1%}); "
         f"the enroller added {wrote['enrolled']} people meanwhile ({wrote['busy']} busy, {wrote['failed']} failed); "
-        f"its last {len(wrote['acked'])} found afterwards: {report['enrolled_found_after']}")
+        f"its last {len(wrote['acked'])} found afterwards: {report['enrolled_found_after']}"
+    )
     return report
 
 
@@ -368,7 +461,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,100000", help="comma-separated index sizes (images)")
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--enroll-every", type=float, default=0.5, help="seconds between the enroller's enrollments (0: no enroller)")
+    ap.add_argument(
+        "--enroll-every", type=float, default=0.5, help="seconds between the enroller's enrollments (0: no enroller)"
+    )
     ap.add_argument("--model", type=Path, default=None, help="model directory (default: train a tiny one)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temporary folder)")
     ap.add_argument("--ready-timeout", type=float, default=3600.0)
@@ -380,8 +475,10 @@ def main() -> None:
     def go(work: Path) -> list[dict]:
         work.mkdir(parents=True, exist_ok=True)
         model = args.model or tiny_tower(work / "tower")
-        say(f"model {model}; {args.clients} clients x {args.seconds:g}s per size; an enrollment every "
-            f"{args.enroll_every:g}s from another process; {os.cpu_count()} CPUs")
+        say(
+            f"model {model}; {args.clients} clients x {args.seconds:g}s per size; an enrollment every "
+            f"{args.enroll_every:g}s from another process; {os.cpu_count()} CPUs"
+        )
         return [run_size(size, args, model, work) for size in sizes]
 
     if args.workdir:
@@ -392,7 +489,9 @@ def main() -> None:
     say("\n| images | lookups/s | p50 ms | p99 ms | errors | enrolled meanwhile |")
     say("|---:|---:|---:|---:|---:|---:|")
     for r in reports:
-        say(f"| {r['size']:,} | {r['throughput']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} | {r['enrolled_meanwhile']} |")
+        say(
+            f"| {r['size']:,} | {r['throughput']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} | {r['enrolled_meanwhile']} |"
+        )
     if args.json:
         args.json.write_text(json.dumps(reports, indent=2) + "\n")
     if any(r["errors"] for r in reports):

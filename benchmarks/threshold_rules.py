@@ -9,6 +9,7 @@ held-out + all of s1-s30, verify s31-s40 (8 pair samples).
 
     python benchmarks/threshold_rules.py [--model NAME] [--splits 20] [--test]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _cli import SHARED  # noqa: E402
 
 from siamese_index.config import DEFAULT_MODEL_NAME, resolve_model_dir  # noqa: E402
-from siamese_index.datasets import load_dataset  # noqa: E402
-from siamese_index.embedder import KerasEmbedder  # noqa: E402
-from siamese_index.evaluation import accuracy_at, best_threshold, least_regret_threshold  # noqa: E402
-from siamese_index.pairs import sample_pairs  # noqa: E402
+from siamese_index.towers.embedder import KerasEmbedder  # noqa: E402
+from siamese_index.training.datasets import load_dataset  # noqa: E402
+from siamese_index.training.metrics import accuracy_at, best_threshold, least_regret_threshold  # noqa: E402
+from siamese_index.training.pairs import sample_pairs  # noqa: E402
 
 
 def distances(emb, labels, seed, n_pairs=None):
@@ -37,8 +38,12 @@ def rules(lfw, orl) -> dict[str, float]:
     n = min(len(distances(*lfw, 0)[0]), len(distances(*orl, 0)[0]))
     sets = [distances(*lfw, 0, n), distances(*orl, 0, n)]
     pooled = best_threshold(np.concatenate([d for d, _ in sets]), np.concatenate([y for _, y in sets]))[0]
-    return {"LFW alone": best_threshold(*sets[0])[0], "ORL alone": best_threshold(*sets[1])[0],
-            "both, pooled max accuracy": pooled, "both, least worst-set loss": least_regret_threshold(sets)[0]}
+    return {
+        "LFW alone": best_threshold(*sets[0])[0],
+        "ORL alone": best_threshold(*sets[1])[0],
+        "both, pooled max accuracy": pooled,
+        "both, least worst-set loss": least_regret_threshold(sets)[0],
+    }
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
 """The dedup command: find duplicate images in folders; optionally move or delete them; undo a move."""
+
 from __future__ import annotations
 
 import sys
@@ -7,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from .output import emit_json, handle_errors, quiet_tensorflow, warn
+from .output import emit_json, handle_errors, human_bytes, quiet_tensorflow, warn
 
-# Literal copies of siamese_index.dedup's choices, so that --help imports no library code.
+# Literal copies of siamese_index.duplicates.pipeline's choices, so that --help imports no library code.
 LEVELS = ("exact", "near", "identity")
 KEEP_RULES = ("largest", "oldest", "first")
 
@@ -41,47 +42,95 @@ class _Progress:
         self.stage = stage
 
 
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
-
-
 @click.command()
 @click.argument("sources", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--level", type=click.Choice(LEVELS), default="near", show_default=True,
-              help="exact: same bytes; near: the same picture after edits (re-compression, resizing, crops, "
-                   "tone, small rotations, grayscale); identity: photos of the same person (face tower).")
-@click.option("--threshold", type=float, default=None,
-              help="Distance below which two files are duplicates (near: 0.30; identity: the model's threshold).")
-@click.option("--keep", type=click.Choice(KEEP_RULES), default="largest", show_default=True,
-              help="Which file of a group stays: most pixels (then colour over grayscale, then bytes), the oldest "
-                   "modification time, or the first "
-                   "in argument and path order.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the groups to FILE: .json, .csv or .html (thumbnails, for a look before acting).")
-@click.option("--apply", "action", type=click.Choice(["move", "delete"]), default=None,
-              help="Act on the duplicates (never on kept files): move them --to a folder (undoable), or delete "
-                   "them (needs --yes; cannot be undone). Without --apply nothing on disk changes.")
-@click.option("--to", "to_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="The quarantine folder for --apply move; its manifest.json is what --undo takes.")
+@click.option(
+    "--level",
+    type=click.Choice(LEVELS),
+    default="near",
+    show_default=True,
+    help="exact: same bytes; near: the same picture after edits (re-compression, resizing, crops, "
+    "tone, small rotations, grayscale); identity: photos of the same person (face tower).",
+)
+@click.option(
+    "--threshold",
+    type=float,
+    default=None,
+    help="Distance below which two files are duplicates (near: 0.30; identity: the model's threshold).",
+)
+@click.option(
+    "--keep",
+    type=click.Choice(KEEP_RULES),
+    default="largest",
+    show_default=True,
+    help="Which file of a group stays: most pixels (then colour over grayscale, then bytes), the oldest "
+    "modification time, or the first "
+    "in argument and path order.",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the groups to FILE: .json, .csv or .html (thumbnails, for a look before acting).",
+)
+@click.option(
+    "--apply",
+    "action",
+    type=click.Choice(["move", "delete"]),
+    default=None,
+    help="Act on the duplicates (never on kept files): move them --to a folder (undoable), or delete "
+    "them (needs --yes; cannot be undone). Without --apply nothing on disk changes.",
+)
+@click.option(
+    "--to",
+    "to_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The quarantine folder for --apply move; its manifest.json is what --undo takes.",
+)
 @click.option("--yes", is_flag=True, help="Confirm --apply delete, and any --apply at the identity level.")
-@click.option("--undo", "undo_manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Put back every file a move took: pass the quarantine folder's manifest.json.")
-@click.option("--model", default=None,
-              help="Face tower for --level identity: a model directory or a name under models/ "
-                   "(default: $SIAMESE_INDEX_MODEL, else the shipped face model).")
-@click.option("--cache", "cache_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Cache of descriptors by content hash, so reruns read no image again "
-                   "(default: $SIAMESE_INDEX_DEDUP_CACHE, else ~/.cache/siamese-index/dedup-cache.sqlite).")
+@click.option(
+    "--undo",
+    "undo_manifest",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Put back every file a move took: pass the quarantine folder's manifest.json.",
+)
+@click.option(
+    "--model",
+    default=None,
+    help="Face tower for --level identity: a model directory or a name under models/ "
+    "(default: $SIAMESE_INDEX_MODEL, else the shipped face model).",
+)
+@click.option(
+    "--cache",
+    "cache_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Cache of descriptors by content hash, so reruns read no image again "
+    "(default: $SIAMESE_INDEX_DEDUP_CACHE, else ~/.cache/siamese-index/dedup-cache.sqlite).",
+)
 @click.option("--no-cache", is_flag=True, help="Use no cache file.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @handle_errors
-def dedup(sources, level, threshold, keep, report_path, action, to_dir, yes, undo_manifest, model, cache_path,
-          no_cache, quiet, as_json):
+def dedup(
+    sources,
+    level,
+    threshold,
+    keep,
+    report_path,
+    action,
+    to_dir,
+    yes,
+    undo_manifest,
+    model,
+    cache_path,
+    no_cache,
+    quiet,
+    as_json,
+):
     """Find duplicate images under SOURCES (folders and files) and group them.
 
     Each group keeps one file (--keep) and lists the others with the distance that put them
@@ -98,7 +147,7 @@ def dedup(sources, level, threshold, keep, report_path, action, to_dir, yes, und
     if undo_manifest is not None:
         if sources or action or to_dir:
             raise click.UsageError("--undo takes only the manifest: no SOURCES, --apply or --to")
-        from siamese_index.quarantine import undo
+        from siamese_index import undo_quarantine as undo
 
         result = undo(undo_manifest, progress=progress)
         if as_json:
@@ -106,8 +155,10 @@ def dedup(sources, level, threshold, keep, report_path, action, to_dir, yes, und
         else:
             for p in result["problems"]:
                 warn(f"{p['path']}: {p['reason']}")
-            click.echo(f"restored {result['restored']} files, {result['already_in_place']} already in place, "
-                       f"{len(result['problems'])} problems")
+            click.echo(
+                f"restored {result['restored']} files, {result['already_in_place']} already in place, "
+                f"{len(result['problems'])} problems"
+            )
         if result["problems"]:
             raise SystemExit(1)
         return
@@ -118,28 +169,39 @@ def dedup(sources, level, threshold, keep, report_path, action, to_dir, yes, und
     if to_dir is not None and action != "move":
         raise click.UsageError("--to goes with --apply move")
     if action == "delete" and not yes:
-        raise click.UsageError("--apply delete removes the duplicates for good and cannot be undone: add --yes "
-                               "(or use --apply move --to FOLDER, which --undo reverses)")
+        raise click.UsageError(
+            "--apply delete removes the duplicates for good and cannot be undone: add --yes "
+            "(or use --apply move --to FOLDER, which --undo reverses)"
+        )
     if action and level == "identity" and not yes:
-        raise click.UsageError("--apply at --level identity keeps ONE photo per person: add --yes if that is "
-                               "what you want")
+        raise click.UsageError(
+            "--apply at --level identity keeps ONE photo per person: add --yes if that is what you want"
+        )
     if report_path is not None and report_path.suffix.lower() not in (".json", ".csv", ".html", ".htm"):
         raise click.UsageError("--report must end in .json, .csv or .html")
     if level == "identity":
         quiet_tensorflow()
-    from siamese_index.dedup import dedup as run_dedup, write_report
+    from siamese_index import dedup as run_dedup
+    from siamese_index import write_dedup_report as write_report
 
-    report = run_dedup(list(sources), level=level, threshold=threshold, keep=keep, model=model,
-                       cache=False if no_cache else cache_path, progress=progress)
+    report = run_dedup(
+        list(sources),
+        level=level,
+        threshold=threshold,
+        keep=keep,
+        model=model,
+        cache=False if no_cache else cache_path,
+        progress=progress,
+    )
     if report_path is not None:
         write_report(report, report_path)
     applied = None
     if action == "move":
-        from siamese_index.quarantine import move_duplicates
+        from siamese_index import move_duplicates
 
         applied = move_duplicates(report, to_dir, allow_identity=yes, progress=progress)
     elif action == "delete":
-        from siamese_index.quarantine import delete_duplicates
+        from siamese_index import delete_duplicates
 
         applied = delete_duplicates(report, allow_identity=yes, progress=progress)
     if as_json:
@@ -158,9 +220,11 @@ def dedup(sources, level, threshold, keep, report_path, action, to_dir, yes, und
             if m.path != g.keep:
                 click.echo(f"  {m.distance:7.3f}  {m.path}")
     st = report.stats
-    click.echo(f"{st['images']} images, {st['groups']} groups, {st['duplicates']} duplicates "
-               f"({_human_bytes(st['bytes_in_duplicates'])}), {st['skipped']} skipped; level {report.level}"
-               + (f", threshold {report.threshold:g}" if report.threshold else ""))
+    click.echo(
+        f"{st['images']} images, {st['groups']} groups, {st['duplicates']} duplicates "
+        f"({human_bytes(st['bytes_in_duplicates'])}), {st['skipped']} skipped; level {report.level}"
+        + (f", threshold {report.threshold:g}" if report.threshold else "")
+    )
     if report_path is not None:
         click.echo(f"report written to {report_path}")
     if applied is None:
@@ -169,12 +233,14 @@ def dedup(sources, level, threshold, keep, report_path, action, to_dir, yes, und
     elif action == "move":
         for s in applied["skipped"]:
             warn(f"not moved {s['path']}: {s['reason']}")
-        click.echo(f"moved {applied['moved']} files ({_human_bytes(applied['bytes'])}) to {to_dir}; "
-                   f"undo with: siamese-index dedup --undo {applied['manifest']}")
+        click.echo(
+            f"moved {applied['moved']} files ({human_bytes(applied['bytes'])}) to {to_dir}; "
+            f"undo with: siamese-index dedup --undo {applied['manifest']}"
+        )
     else:
         for s in applied["skipped"]:
             warn(f"not deleted {s['path']}: {s['reason']}")
-        click.echo(f"deleted {applied['deleted']} files ({_human_bytes(applied['bytes'])}); this cannot be undone")
+        click.echo(f"deleted {applied['deleted']} files ({human_bytes(applied['bytes'])}); this cannot be undone")
 
 
 COMMANDS = [dedup]

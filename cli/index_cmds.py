@@ -6,22 +6,26 @@ everything asked for was done; 1 on an error (one line, no traceback), and also 
 files of a batch failed (the others are still processed and reported), or when check finds
 problems it did not repair; 2 for a usage error.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
 
-from .output import emit_json, fmt, handle_errors, progress_line, quiet_tensorflow, warn
+from .output import emit_json, fmt, handle_errors, human_bytes, progress_line, quiet_tensorflow, warn
 
 home_option = click.option(
-    "--home", type=click.Path(path_type=Path), default=None,
+    "--home",
+    type=click.Path(path_type=Path),
+    default=None,
     help="The index's home folder (default: $SIAMESE_INDEX_HOME, else ~/.local/share/siamese-index).",
 )
 model_option = click.option(
-    "--model", default=None,
+    "--model",
+    default=None,
     help="Model directory or name under models/ for a NEW home (default: the shipped face tower). "
-         "An existing home keeps its recorded model; a different one is refused.",
+    "An existing home keeps its recorded model; a different one is refused.",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 
@@ -30,16 +34,16 @@ BATCH_EXIT_NOTE = "Exit status 1 when any file failed (the others are still proc
 
 def open_index(home, model=None, create=False, **kwargs):
     quiet_tensorflow()
-    from siamese_index.index import SiameseIndex
+    from siamese_index import SiameseIndex
 
     return SiameseIndex.open(home=home, model=model, create=create, **kwargs)
 
 
 def _home_exists(home) -> bool:
+    from siamese_index import home_exists
     from siamese_index.config import resolve_home
-    from siamese_index.storage.db import DB_NAME
 
-    return (resolve_home(home) / DB_NAME).exists()
+    return home_exists(resolve_home(home))
 
 
 def _exit(code: int) -> None:
@@ -61,7 +65,9 @@ def _plural(n: int, word: str, plural: str | None = None) -> str:
 
 
 def _summary(results) -> dict:
-    return {k: sum(r.status == k for r in results) for k in ("added", "exists", "failed")}
+    from siamese_index.types import EnrollSummary
+
+    return EnrollSummary.of(results).to_dict()
 
 
 def _report_enroll(results, as_json: bool) -> None:
@@ -89,7 +95,11 @@ def _report_enroll(results, as_json: bool) -> None:
 @click.option("--name", default=None, help="Display name.")
 @click.option("--meta", multiple=True, help="KEY=VALUE metadata (repeatable).")
 @click.option("--allow-no-face", is_flag=True, help="Enroll photos even when no single clear face is found.")
-@click.option("--no-store-images", is_flag=True, help="When creating a home: keep no copy of enrolled photos (re-embedding by a later model then needs the originals).")
+@click.option(
+    "--no-store-images",
+    is_flag=True,
+    help="When creating a home: keep no copy of enrolled photos (re-embedding by a later model then needs the originals).",
+)
 @home_option
 @model_option
 @json_option
@@ -136,7 +146,9 @@ def _who(m) -> str:
 
 @click.command(epilog="Exit status 1 when some query could not be read (the others are still answered).")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--k", default=5, show_default=True, type=click.IntRange(1), help="How many candidate identities to list.")
+@click.option(
+    "--k", default=5, show_default=True, type=click.IntRange(1), help="How many candidate identities to list."
+)
 @click.option("--threshold", type=float, default=None, help="Override the unknown-person threshold (plain L2).")
 @click.option("--margin", type=float, default=None, help="Also require this gap between the first and second identity.")
 @home_option
@@ -162,8 +174,7 @@ def identify(files, k, threshold, margin, home, as_json):
                 click.echo(f"{a.query}: {_who(a.match)}  distance {a.match.distance:.4f} < {a.threshold:.4f}")
             elif a.candidates:
                 best = a.candidates[0]
-                why = (f">= {a.threshold:.4f}" if best.distance >= a.threshold
-                       else "but too close to the next identity")
+                why = f">= {a.threshold:.4f}" if best.distance >= a.threshold else "but too close to the next identity"
                 click.echo(f"{a.query}: unknown  (nearest {_who(best)} at {best.distance:.4f} {why})")
             else:
                 click.echo(f"{a.query}: unknown")
@@ -179,15 +190,18 @@ def identify(files, k, threshold, margin, home, as_json):
 @click.argument("image_b", type=click.Path(path_type=Path))
 @click.option("--threshold", type=float, default=None, help="Override the model's pair threshold (plain L2).")
 @home_option
-@click.option("--model", default=None,
-              help="Model directory or name to verify with (default: the home's model when the home exists, "
-                   "else the shipped face tower). With --home, it must be the home's model.")
+@click.option(
+    "--model",
+    default=None,
+    help="Model directory or name to verify with (default: the home's model when the home exists, "
+    "else the shipped face tower). With --home, it must be the home's model.",
+)
 @json_option
 @handle_errors
 def verify(image_a, image_b, threshold, home, model, as_json):
     """Do IMAGE_A and IMAGE_B show the same person? Nothing is enrolled."""
     quiet_tensorflow()
-    from siamese_index.index import verify_files
+    from siamese_index import verify as verify_files
 
     result = verify_files(image_a, image_b, home=home, model=model, threshold=threshold)
     for w in result.warnings:
@@ -196,7 +210,9 @@ def verify(image_a, image_b, threshold, home, model, as_json):
         emit_json(result.to_dict())
         return
     verdict = "same" if result.same else "different"
-    click.echo(f"{verdict}: distance {result.distance:.4f} {'<' if result.same else '>='} threshold {result.threshold:.4f}")
+    click.echo(
+        f"{verdict}: distance {result.distance:.4f} {'<' if result.same else '>='} threshold {result.threshold:.4f}"
+    )
 
 
 @click.group()
@@ -278,8 +294,10 @@ def people_remove(person_id, home, as_json):
     if as_json:
         emit_json(out)
         return
-    click.echo(f"removed {out['id']}: {_plural(out['images'], 'photo')}, "
-               f"{_plural(out['files_deleted'], 'stored copy', 'stored copies')} deleted")
+    click.echo(
+        f"removed {out['id']}: {_plural(out['images'], 'photo')}, "
+        f"{_plural(out['files_deleted'], 'stored copy', 'stored copies')} deleted"
+    )
 
 
 @people.command("remove-image")
@@ -295,8 +313,10 @@ def people_remove_image(person_id, image, home, as_json):
     if as_json:
         emit_json(out)
         return
-    click.echo(f"removed image {out['image_id']} ({out['source_name']}) of {out['id']}; "
-               f"{_plural(out['remaining_images'], 'photo')} left")
+    click.echo(
+        f"removed image {out['image_id']} ({out['source_name']}) of {out['id']}; "
+        f"{_plural(out['remaining_images'], 'photo')} left"
+    )
 
 
 @people.command("merge")
@@ -312,16 +332,10 @@ def people_merge(person_id, into_id, home, as_json):
     if as_json:
         emit_json(out)
         return
-    click.echo(f"merged {out['id']} into {out['into']}: {_plural(out['moved'], 'photo')} moved, "
-               f"{_plural(out['duplicates_dropped'], 'duplicate')} dropped")
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
+    click.echo(
+        f"merged {out['id']} into {out['into']}: {_plural(out['moved'], 'photo')} moved, "
+        f"{_plural(out['duplicates_dropped'], 'duplicate')} dropped"
+    )
 
 
 @click.command()
@@ -336,13 +350,17 @@ def backup(path, home, as_json):
     with open_index(home, sync=False) as index:
         out = index.backup(path)
     if out.get("missing_images"):
-        warn(f"{_plural(out['missing_images'], 'stored photo copy', 'stored photo copies')} "
-             f"were missing and are not in the backup")
+        warn(
+            f"{_plural(out['missing_images'], 'stored photo copy', 'stored photo copies')} "
+            f"were missing and are not in the backup"
+        )
     if as_json:
         emit_json(out)
         return
-    click.echo(f"backed up {_plural(out['identities'], 'person', 'people')}, {_plural(out['images'], 'photo')} "
-               f"({out['stored_images']} stored copies, {_size(out['bytes'])}) to {out['path']}")
+    click.echo(
+        f"backed up {_plural(out['identities'], 'person', 'people')}, {_plural(out['images'], 'photo')} "
+        f"({out['stored_images']} stored copies, {human_bytes(out['bytes'])}) to {out['path']}"
+    )
 
 
 @click.command()
@@ -358,17 +376,34 @@ def status(home, as_json):
         return
     m, c, ix, op, cons = info["model"], info["counts"], info["index"], info["operating_point"], info["consistency"]
     sync = ix.get("last_sync") or {}
-    loaded = ("rebuilt from SQLite: " + str(sync.get("reason"))) if sync.get("source") == "rebuilt" else "loaded from its file"
+    loaded = (
+        ("rebuilt from SQLite: " + str(sync.get("reason")))
+        if sync.get("source") == "rebuilt"
+        else "loaded from its file"
+    )
     lines = [
-        ("home", f"{info['home']} (schema {info['schema_version']}, photo copies {'kept' if info['keep_images'] else 'not kept'})"),
+        (
+            "home",
+            f"{info['home']} (schema {info['schema_version']}, photo copies {'kept' if info['keep_images'] else 'not kept'})",
+        ),
         ("model", f"{m['model_id']} (embedding size {m['dim']}) from {m['model_dir'] or 'an injected embedder'}"),
-        ("people", f"{c['identities']} ({c['images']} photos, {c['embeddings']} embeddings, {c['stored_images']} stored copies)"),
+        (
+            "people",
+            f"{c['identities']} ({c['images']} photos, {c['embeddings']} embeddings, {c['stored_images']} stored copies)",
+        ),
         ("index", f"{ix['vectors']} vectors, generation {ix['generation']}; {loaded}"),
-        ("identify", f"threshold {fmt(op['threshold'], 4)} for {op['gallery_size']} people (target: "
-                     f"{op['target_far'] * 100:g}% of strangers wrongly accepted"
-                     + (f", margin {op['margin']:g})" if op['margin'] else ")")),
+        (
+            "identify",
+            f"threshold {fmt(op['threshold'], 4)} for {op['gallery_size']} people (target: "
+            f"{op['target_far'] * 100:g}% of strangers wrongly accepted"
+            + (f", margin {op['margin']:g})" if op["margin"] else ")"),
+        ),
         ("", op["method"]),
-        ("verify", f"pair threshold {fmt(m['threshold'], 4)}" + (f" ({m['threshold_method']})" if m.get("threshold_method") else "")),
+        (
+            "verify",
+            f"pair threshold {fmt(m['threshold'], 4)}"
+            + (f" ({m['threshold_method']})" if m.get("threshold_method") else ""),
+        ),
         ("consistency", "ok" if cons["ok"] else f"{_plural(len(cons['problems']), 'problem')} (run check)"),
     ]
     for key, value in lines:
@@ -378,7 +413,9 @@ def status(home, as_json):
 
 
 @click.command(epilog="Exit status 1 when problems are found and not (all) repaired.")
-@click.option("--repair", is_flag=True, help="Fix what is found: rebuild the FAISS index from SQLite, drop orphan files.")
+@click.option(
+    "--repair", is_flag=True, help="Fix what is found: rebuild the FAISS index from SQLite, drop orphan files."
+)
 @home_option
 @json_option
 @handle_errors
@@ -391,8 +428,10 @@ def check(repair, home, as_json):
         emit_json(report)
     else:
         n = report["checked"]
-        click.echo(f"checked {_plural(n['images'], 'photo')}, {_plural(n['embeddings'], 'embedding')}, "
-                   f"{_plural(n['stored_files'], 'stored copy', 'stored copies')}")
+        click.echo(
+            f"checked {_plural(n['images'], 'photo')}, {_plural(n['embeddings'], 'embedding')}, "
+            f"{_plural(n['stored_files'], 'stored copy', 'stored copies')}"
+        )
         for p in report["problems"]:
             click.echo(f"problem: {p['kind']}: {p['detail']}")
         for r in report["repaired"]:
@@ -413,7 +452,12 @@ COMMANDS = [enroll, enroll_dir, identify, verify, people, backup, status, check]
 
 
 @click.command()
-@click.option("--workdir", type=click.Path(path_type=Path), default=None, help="Keep the demo's files here (default: a temporary folder, deleted after).")
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Keep the demo's files here (default: a temporary folder, deleted after).",
+)
 @json_option
 @handle_errors
 def demo(workdir, as_json):
@@ -421,7 +465,7 @@ def demo(workdir, as_json):
     quiet_tensorflow()
     import tempfile
 
-    from siamese_index.demo import run_demo
+    from siamese_index import run_demo
 
     say = (lambda _: None) if as_json else click.echo
     if workdir is None:

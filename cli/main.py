@@ -1,9 +1,10 @@
 """siamese-index: the command group. Commands import the library lazily so --help is instant."""
+
 from __future__ import annotations
 
 import click
 
-from . import dedup_cmds, index_cmds, model_cmds, service_cmds, retrain_cmds
+from . import dedup_cmds, index_cmds, model_cmds, retrain_cmds, service_cmds
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,6 +17,7 @@ def cli():
     """
 
 
-for command in (model_cmds.COMMANDS + index_cmds.COMMANDS + service_cmds.COMMANDS + retrain_cmds.COMMANDS
-                + dedup_cmds.COMMANDS):
+for command in (
+    model_cmds.COMMANDS + index_cmds.COMMANDS + service_cmds.COMMANDS + retrain_cmds.COMMANDS + dedup_cmds.COMMANDS
+):
     cli.add_command(command)

@@ -1,4 +1,5 @@
 """Shared helpers for commands: error translation, JSON output, quiet TensorFlow."""
+
 from __future__ import annotations
 
 import functools
@@ -60,6 +61,15 @@ def fmt(v, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def human_bytes(n: float) -> str:
+    """A size for people, in IEC units (1 KiB = 1024 bytes): "512 B", "3.2 MiB"."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def progress_line(message: str) -> None:

@@ -1,10 +1,21 @@
 """siamese-index: Siamese-tower embeddings in a FAISS + SQLite index.
 
-Importing this package imports neither TensorFlow nor a web framework.
-"""
-__version__ = "0.1.0"
+    from siamese_index import SiameseIndex
+    with SiameseIndex.open("~/faces") as idx:
+        idx.enroll("E1024", ["ada1.jpg", "ada2.jpg"], name="Ada Lovelace")
+        [answer] = idx.identify(["visitor.jpg"])
 
-from .errors import (  # noqa: E402
+The public API is imported lazily (PEP 562): `import siamese_index` imports neither TensorFlow nor
+the web framework; each name loads its module on first use. The command line and the service use
+only these names, the result types (siamese_index.types) and the errors (siamese_index.errors).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from siamese_index.errors import (
     Busy,
     IndexStale,
     InvalidData,
@@ -14,10 +25,82 @@ from .errors import (  # noqa: E402
     NotFound,
     SiameseIndexError,
 )
-from .types import EnrollResult, Identification, Match, Person, Verification  # noqa: E402
+from siamese_index.types import EnrollResult, EnrollSummary, Identification, Match, Person, Verification
+
+__version__ = "0.1.0"
+
+# public name -> "module:attribute", loaded on first access
+_LAZY = {
+    # the index of one home
+    "SiameseIndex": "siamese_index.index.facade:SiameseIndex",
+    "verify": "siamese_index.index.facade:verify_files",
+    "home_exists": "siamese_index.storage.db:home_exists",
+    "run_demo": "siamese_index.demo:run_demo",
+    # model versions of a home
+    "retrain": "siamese_index.lifecycle.retrain:retrain",
+    "RetrainOptions": "siamese_index.lifecycle.retrain:RetrainOptions",
+    "activate": "siamese_index.lifecycle.versions:activate",
+    "rollback": "siamese_index.lifecycle.versions:rollback",
+    "reembed": "siamese_index.lifecycle.versions:reembed",
+    "list_versions": "siamese_index.lifecycle.versions:list_versions",
+    "show_version": "siamese_index.lifecycle.versions:show_version",
+    "set_threshold": "siamese_index.lifecycle.thresholds:set_calibration",
+    "record_feedback": "siamese_index.lifecycle.feedback:record",
+    "list_feedback": "siamese_index.lifecycle.feedback:list_feedback",
+    # deduplication
+    "dedup": "siamese_index.duplicates.pipeline:dedup",
+    "write_dedup_report": "siamese_index.duplicates.pipeline:write_report",
+    "move_duplicates": "siamese_index.duplicates.quarantine:move_duplicates",
+    "delete_duplicates": "siamese_index.duplicates.quarantine:delete_duplicates",
+    "undo_quarantine": "siamese_index.duplicates.quarantine:undo",
+    # towers and training
+    "KerasEmbedder": "siamese_index.towers.embedder:KerasEmbedder",
+    "build_ensemble": "siamese_index.towers.ensemble:build_ensemble",
+    "Preprocessing": "siamese_index.imaging.loading:Preprocessing",
+    "load_dataset": "siamese_index.training.datasets:load_dataset",
+    "read_pairs_file": "siamese_index.training.pairs:read_pairs_file",
+    "train": "siamese_index.training.trainer:train",
+    "TrainOptions": "siamese_index.training.trainer:TrainOptions",
+    "evaluate": "siamese_index.training.trainer:evaluate",
+    "same_source": "siamese_index.training.trainer:same_source",
+    "calibrate": "siamese_index.training.calibrate:calibrate",
+    "CalibrationSet": "siamese_index.training.calibrate:CalibrationSet",
+    "held_out_patterns": "siamese_index.training.calibrate:held_out_patterns",
+    "compute_teacher_file": "siamese_index.training.teacher:compute_teacher_file",
+    "plot_roc": "siamese_index.training.plots:roc_and_histograms",
+    "plot_pairs": "siamese_index.training.plots:pairs_grid",
+    # the HTTP service (importing these imports FastAPI)
+    "KeyStore": "siamese_index.service.keys:KeyStore",
+    "ServiceSettings": "siamese_index.service.app:ServiceSettings",
+    "create_app": "siamese_index.service.app:create_app",
+}
 
 __all__ = [
     "__version__",
     "SiameseIndexError", "InvalidImage", "InvalidData", "ModelError", "ModelMismatch", "NotFound",
-    "IndexStale", "Busy", "Match", "Identification", "Verification", "EnrollResult", "Person",
-]
+    "IndexStale", "Busy",
+    "Match", "Identification", "Verification", "EnrollResult", "EnrollSummary", "Person",
+    *_LAZY,
+]  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        target = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'siamese_index' has no attribute {name!r}") from None
+    module, _, attr = target.partition(":")
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from siamese_index.duplicates.pipeline import dedup  # noqa: F401
+    from siamese_index.index.facade import SiameseIndex  # noqa: F401
+    from siamese_index.index.facade import verify_files as verify  # noqa: F401
+    from siamese_index.lifecycle.retrain import RetrainOptions, retrain  # noqa: F401

@@ -1,11 +1,14 @@
 """Settings resolved in one place: argument > environment variable > default."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-MODELS_DIR = PROJECT_ROOT / "models"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# An installed wheel carries the shipped towers as package data (siamese_index/models); a source
+# checkout (editable install, or the tests) keeps them in the repository's models/ folder.
+MODELS_DIR = PACKAGE_DIR / "models" if (PACKAGE_DIR / "models").is_dir() else PACKAGE_DIR.parent / "models"
 DEFAULT_MODEL_NAME = "faces-v5"
 
 

@@ -5,14 +5,15 @@ a fixed set of proportions, each photo moved, re-lit and noised). They are looke
 the small tower shipped in models/demo-cartoon-v1, which was trained on 400 *other* such
 people: 8 new people are enrolled, looked up one-shot, verified, and strangers are refused.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from .config import MODELS_DIR
-from .index import SiameseIndex
-from .synthetic import DEMO_FIRST_PERSON, cartoon_face
+from siamese_index.config import MODELS_DIR
+from siamese_index.imaging.synthetic import DEMO_FIRST_PERSON, cartoon_face
+from siamese_index.index.facade import SiameseIndex
 
 DEMO_MODEL = MODELS_DIR / "demo-cartoon-v1"
 STAFF, STRANGERS = 8, 4
@@ -33,8 +34,14 @@ def run_demo(workdir: Path, say: Callable[[str], None] = lambda _: None, model: 
     # People the tower never saw: its training people are numbered below DEMO_FIRST_PERSON.
     staff = range(DEMO_FIRST_PERSON, DEMO_FIRST_PERSON + STAFF)
     strangers = range(DEMO_FIRST_PERSON + 100, DEMO_FIRST_PERSON + 100 + STRANGERS)
-    summary = {"model": str(model), "enrolled": 0, "known_right": 0, "known_queries": 0, "strangers_refused": 0,
-               "strangers": STRANGERS}
+    summary = {
+        "model": str(model),
+        "enrolled": 0,
+        "known_right": 0,
+        "known_queries": 0,
+        "strangers_refused": 0,
+        "strangers": STRANGERS,
+    }
     say(f"1. drawing {STAFF} synthetic cartoon-face people (two photos each) and {STRANGERS} strangers in {workdir}")
     with SiameseIndex.open(workdir / "home", model=model) as index:
         say(f"2. enrolling the {STAFF} people into a new home at {workdir / 'home'} (tower: {model.name})")
@@ -42,8 +49,10 @@ def run_demo(workdir: Path, say: Callable[[str], None] = lambda _: None, model: 
             index.enroll(f"E{p}", [photo(p, 0, "enroll"), photo(p, 1, "enroll")], name=f"Person {p}")
             summary["enrolled"] += 1
         op = index.operating_point()
-        say(f"3. identifying a new photo of each of them and of the strangers; unknown-person threshold "
-            f"{op.threshold:.3f} ({op.target_far:.0%} of strangers accepted at {op.gallery_size} people)")
+        say(
+            f"3. identifying a new photo of each of them and of the strangers; unknown-person threshold "
+            f"{op.threshold:.3f} ({op.target_far:.0%} of strangers accepted at {op.gallery_size} people)"
+        )
         queries = [photo(p, 2, "queries") for p in staff] + [photo(p, 2, "strangers") for p in strangers]
         truths = [f"E{p}" for p in staff] + [None] * STRANGERS
         for answer, truth in zip(index.identify(queries, k=3), truths):
@@ -51,7 +60,9 @@ def run_demo(workdir: Path, say: Callable[[str], None] = lambda _: None, model: 
             dist = answer.candidates[0].distance if answer.candidates else float("nan")
             ok = (got == truth) if truth else not answer.known
             who = "enrolled" if truth else "stranger"
-            say(f"   {Path(answer.query).name:22} ({who}) -> {got:8} nearest distance {dist:.3f}  {'ok' if ok else 'WRONG'}")
+            say(
+                f"   {Path(answer.query).name:22} ({who}) -> {got:8} nearest distance {dist:.3f}  {'ok' if ok else 'WRONG'}"
+            )
             if truth:
                 summary["known_queries"] += 1
                 summary["known_right"] += int(ok)
@@ -60,10 +71,14 @@ def run_demo(workdir: Path, say: Callable[[str], None] = lambda _: None, model: 
         first, second = staff[0], staff[1]
         same = index.verify(photo(first, 3, "verify"), photo(first, 4, "verify"))
         diff = index.verify(photo(first, 3, "verify"), photo(second, 3, "verify"))
-        say(f"4. verify: two photos of one person -> {'same' if same.same else 'different'} ({same.distance:.3f}); "
-            f"two people -> {'same' if diff.same else 'different'} ({diff.distance:.3f}); pair threshold {same.threshold:.3f}")
+        say(
+            f"4. verify: two photos of one person -> {'same' if same.same else 'different'} ({same.distance:.3f}); "
+            f"two people -> {'same' if diff.same else 'different'} ({diff.distance:.3f}); pair threshold {same.threshold:.3f}"
+        )
         summary["verify_same"], summary["verify_different"] = same.same, not diff.same
         summary["threshold"] = op.threshold
-    say(f"done: {summary['known_right']}/{summary['known_queries']} enrolled people identified, "
-        f"{summary['strangers_refused']}/{STRANGERS} strangers refused")
+    say(
+        f"done: {summary['known_right']}/{summary['known_queries']} enrolled people identified, "
+        f"{summary['strangers_refused']}/{STRANGERS} strangers refused"
+    )
     return summary

@@ -1,4 +1,5 @@
 """Frozen result types returned by the library (and serialised by the CLI and service)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -67,6 +68,24 @@ class Person:
     meta: dict = field(default_factory=dict)
     images: int = 0
     created: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EnrollSummary:
+    """How many files of one enrollment were added, were already enrolled, or failed."""
+
+    added: int = 0
+    exists: int = 0
+    failed: int = 0
+
+    @classmethod
+    def of(cls, results) -> EnrollSummary:
+        """Count a sequence of EnrollResult by status."""
+        statuses = [r.status for r in results]
+        return cls(statuses.count("added"), statuses.count("exists"), statuses.count("failed"))
 
     def to_dict(self) -> dict:
         return asdict(self)

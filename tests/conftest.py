@@ -1,4 +1,5 @@
 """Shared test helpers: a fake embedder (no TensorFlow) and small synthetic identity images."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siamese_index.images import open_image
+from siamese_index.imaging.loading import open_image
 
 
 class FakeEmbedder:
@@ -15,8 +16,14 @@ class FakeEmbedder:
     unit length. Identities drawn by `make_identity_image` land far apart, photos of one
     identity close together."""
 
-    def __init__(self, model_id: str = "fake-1", dim: int = 16, threshold: float | None = 0.5,
-                 metrics: dict | None = None, seed: int = 0):
+    def __init__(
+        self,
+        model_id: str = "fake-1",
+        dim: int = 16,
+        threshold: float | None = 0.5,
+        metrics: dict | None = None,
+        seed: int = 0,
+    ):
         self.model_id = model_id
         self.dim = dim
         self.threshold = threshold
@@ -76,7 +83,7 @@ def home(tmp_path) -> Path:
 
 @pytest.fixture
 def index(home, fake_embedder):
-    from siamese_index.index import SiameseIndex
+    from siamese_index.index.facade import SiameseIndex
 
     idx = SiameseIndex.open(home, embedder=fake_embedder)
     yield idx

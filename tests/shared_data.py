@@ -1,4 +1,5 @@
 """Paths to the optional shared data sets; tests using them skip with a clear reason when absent."""
+
 import os
 from pathlib import Path
 

@@ -1,10 +1,11 @@
 """The open-set threshold, checked against values computed by hand."""
+
 import math
 
 import numpy as np
 import pytest
 
-from siamese_index.calibration import (
+from siamese_index.index.openset import (
     OperatingPoint,
     distance_at_far,
     empirical_threshold,
@@ -35,7 +36,7 @@ def test_distance_at_far_interpolates_in_log_far():
     assert distance_at_far(TABLE, 1e-2)[0] == pytest.approx(0.9)
     assert distance_at_far(TABLE, 1e-3)[0] == pytest.approx(0.7)
     # half-way in log10 between 1e-3 and 1e-2 -> half-way in distance
-    assert distance_at_far(TABLE, 10 ** -2.5)[0] == pytest.approx(0.8)
+    assert distance_at_far(TABLE, 10**-2.5)[0] == pytest.approx(0.8)
     # log10(1.00498308e-4) = -4 + 0.00215876; 0.5 + 0.2 * 0.00215876 = 0.50043175
     d, note = distance_at_far(TABLE, 1.00498308e-4)
     assert d == pytest.approx(0.50043175, abs=1e-7) and note == ""
@@ -106,7 +107,7 @@ def test_margin_rule():
 def test_gallery_check_samples_strangers_in_large_galleries():
     import numpy as np
 
-    from siamese_index.calibration import leave_one_identity_out_minima
+    from siamese_index.index.openset import leave_one_identity_out_minima
 
     x = np.random.default_rng(0).normal(size=(300, 16)).astype("float32")
     labels = np.arange(300) // 3  # 100 identities

@@ -5,6 +5,7 @@ One tower is trained per module on 30 synthetic people; the people enrolled are 
 >= 1000) that it never saw. The shared gallery home is only read by the tests; tests that change
 a home work on a copy of it.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,11 +18,21 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from siamese_index.config import MODELS_DIR
-from siamese_index.synthetic import identity_image, make_identity_folder
+from siamese_index.imaging.synthetic import identity_image, make_identity_folder
 
 STRANGERS = [2000, 2001, 2002, 2003]
-STATUS_KEYS = {"home", "database", "schema_version", "change_counter", "keep_images", "model", "counts", "index",
-               "operating_point", "consistency"}
+STATUS_KEYS = {
+    "home",
+    "database",
+    "schema_version",
+    "change_counter",
+    "keep_images",
+    "model",
+    "counts",
+    "index",
+    "operating_point",
+    "consistency",
+}
 
 
 def run(*args, code: int = 0):
@@ -36,8 +47,12 @@ def separable_people(pool=range(1000, 1040), n: int = 8) -> list[int]:
     pixels = {p: np.asarray(identity_image(p, 0, 32).resize((24, 24)), np.float32).ravel() for p in pool}
     chosen = [pool[0]]
     while len(chosen) < n:
-        chosen.append(max((p for p in pool if p not in chosen),
-                          key=lambda p: min(np.linalg.norm(pixels[p] - pixels[c]) for c in chosen)))
+        chosen.append(
+            max(
+                (p for p in pool if p not in chosen),
+                key=lambda p: min(np.linalg.norm(pixels[p] - pixels[c]) for c in chosen),
+            )
+        )
     return chosen
 
 
@@ -47,15 +62,24 @@ STAFF = separable_people()
 # -- module fixtures ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tower(tmp_path_factory) -> Path:
-    from siamese_index.datasets import load_dataset
-    from siamese_index.images import Preprocessing
-    from siamese_index.training import TrainOptions, train
+    from siamese_index.imaging.loading import Preprocessing
+    from siamese_index.training.datasets import load_dataset
+    from siamese_index.training.trainer import TrainOptions, train
 
     tmp = tmp_path_factory.mktemp("tower")
     prep = Preprocessing(24, 24, 1)
     root = make_identity_folder(tmp / "train", identities=30, per_identity=6)
-    options = TrainOptions(arch="seed-conv", epochs=8, seed=0, val_fraction=0.25, identities_per_batch=12,
-                           images_per_identity=4, steps_per_epoch=10, learning_rate=3e-3, augmentation="none")
+    options = TrainOptions(
+        arch="seed-conv",
+        epochs=8,
+        seed=0,
+        val_fraction=0.25,
+        identities_per_batch=12,
+        images_per_identity=4,
+        steps_per_epoch=10,
+        learning_rate=3e-3,
+        augmentation="none",
+    )
     train(load_dataset(root, prep), tmp / "tower", options, prep)
     return tmp / "tower"
 
@@ -121,8 +145,24 @@ def identify_json(home, files, *extra, code: int = 0) -> list[dict]:
 def test_enroll_name_meta_second_call_duplicates_and_bad_files(tmp_path, tower, photo, bad_file):
     home = tmp_path / "home"
     p = STAFF[0]
-    first = run("enroll", photo(p, 0), bad_file, "--id", "ADA", "--name", "Ada Lovelace", "--meta", "dept=R&D",
-                "--meta", "floor=3", "--home", home, "--model", tower, code=1)  # one file failed
+    first = run(
+        "enroll",
+        photo(p, 0),
+        bad_file,
+        "--id",
+        "ADA",
+        "--name",
+        "Ada Lovelace",
+        "--meta",
+        "dept=R&D",
+        "--meta",
+        "floor=3",
+        "--home",
+        home,
+        "--model",
+        tower,
+        code=1,
+    )  # one file failed
     assert f"added   {photo(p, 0)} -> ADA" in first.stdout
     assert "1 added, 0 already enrolled, 1 failed" in first.stdout
     assert f"error: {bad_file}: not a readable image" in first.stderr and "created a new home" in first.stderr
@@ -189,7 +229,7 @@ def test_identify_json_batch_is_right_and_survives_unreadable_queries(gallery, p
     # The tiny tower is imperfect, but these people are far apart: the nearest identity is
     # right for nearly all, a "known" answer is (nearly) never someone else, strangers are refused.
     truth = [f"E{p}" for p in STAFF]
-    staff, strangers = good[: len(STAFF)], good[len(STAFF):]
+    staff, strangers = good[: len(STAFF)], good[len(STAFF) :]
     nearest_right = sum(a["candidates"][0]["id"] == t for a, t in zip(staff, truth))
     known_wrong = sum(a["known"] and a["match"]["id"] != t for a, t in zip(staff, truth))
     assert nearest_right >= 6, [(a["candidates"][0], t) for a, t in zip(staff, truth)]
@@ -278,7 +318,9 @@ def test_people_rename_remove_image_merge_remove(home_copy, photo):
     removed = json.loads(run("people", "remove", b, "--home", home, "--json").stdout)
     assert removed == {"id": b, "images": 4, "files_deleted": 4}
     d = f"E{STAFF[3]}"
-    assert run("people", "remove", d, "--home", home).stdout.strip() == f"removed {d}: 2 photos, 2 stored copies deleted"
+    assert (
+        run("people", "remove", d, "--home", home).stdout.strip() == f"removed {d}: 2 photos, 2 stored copies deleted"
+    )
     run("people", "remove", d, "--home", home, code=1)
     # removed people never come back from the index
     answers = identify_json(home, [photo(p, 0) for p in STAFF[:4]], "--k", "10")
@@ -295,10 +337,12 @@ def test_backup_opens_as_a_home_and_identifies_the_same(gallery, photo, tmp_path
     queries = [photo(p, 1) for p in STAFF] + [photo(STRANGERS[0], 1)]
     original = identify_json(home, queries)
     copy = identify_json(tmp_path / "bk", queries)
-    assert [(a["known"], [c["id"] for c in a["candidates"]]) for a in copy] == \
-           [(a["known"], [c["id"] for c in a["candidates"]]) for a in original]
-    assert np.allclose([a["candidates"][0]["distance"] for a in copy],
-                       [a["candidates"][0]["distance"] for a in original], atol=1e-5)
+    assert [(a["known"], [c["id"] for c in a["candidates"]]) for a in copy] == [
+        (a["known"], [c["id"] for c in a["candidates"]]) for a in original
+    ]
+    assert np.allclose(
+        [a["candidates"][0]["distance"] for a in copy], [a["candidates"][0]["distance"] for a in original], atol=1e-5
+    )
     text = run("backup", tmp_path / "bk2", "--home", home).stdout
     assert text.startswith(f"backed up {len(STAFF)} people, {2 * len(STAFF)} photos")
     again = run("backup", tmp_path / "bk", "--home", home, code=1)
@@ -322,8 +366,7 @@ def test_check_finds_a_corrupt_faiss_file_and_repair_fixes_it(home_copy, photo):
     clean = run("check", "--home", home, "--json")
     report = json.loads(clean.stdout)
     assert set(report) == {"ok", "problems", "repaired", "unrepaired", "checked"} and report["ok"]
-    assert report["checked"] == {"images": 2 * len(STAFF), "embeddings": 2 * len(STAFF),
-                                 "stored_files": 2 * len(STAFF)}
+    assert report["checked"] == {"images": 2 * len(STAFF), "embeddings": 2 * len(STAFF), "stored_files": 2 * len(STAFF)}
     assert run("check", "--home", home).stdout.splitlines()[-1] == "ok"
     before = identify_json(home, [photo(STAFF[0], 1)])
 
@@ -357,9 +400,19 @@ def test_a_different_model_is_refused(gallery, demo_run, photo):
     assert run("people", "list", "--home", home, "--json").stdout == before
 
 
-@pytest.mark.parametrize("args", [["identify", "q.png"], ["people", "list"], ["people", "show", "X"], ["status"],
-                                  ["check"], ["backup", "bk"], ["people", "remove", "X"],
-                                  ["verify", "a.png", "b.png"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["identify", "q.png"],
+        ["people", "list"],
+        ["people", "show", "X"],
+        ["status"],
+        ["check"],
+        ["backup", "bk"],
+        ["people", "remove", "X"],
+        ["verify", "a.png", "b.png"],
+    ],
+)
 def test_a_missing_home_gives_a_clear_message(tmp_path, args):
     missing = tmp_path / "no-home"
     args = [tmp_path / a if a.endswith((".png", "bk")) else a for a in args]
@@ -369,9 +422,23 @@ def test_a_missing_home_gives_a_clear_message(tmp_path, args):
 
 
 def test_every_index_command_has_help():
-    for args in (["enroll"], ["enroll-dir"], ["identify"], ["verify"], ["people"], ["people", "list"],
-                 ["people", "show"], ["people", "rename"], ["people", "remove"], ["people", "remove-image"],
-                 ["people", "merge"], ["backup"], ["status"], ["check"], ["demo"]):
+    for args in (
+        ["enroll"],
+        ["enroll-dir"],
+        ["identify"],
+        ["verify"],
+        ["people"],
+        ["people", "list"],
+        ["people", "show"],
+        ["people", "rename"],
+        ["people", "remove"],
+        ["people", "remove-image"],
+        ["people", "merge"],
+        ["backup"],
+        ["status"],
+        ["check"],
+        ["demo"],
+    ):
         result = run(*args, "--help")
         assert "Usage:" in result.output and len(result.output.splitlines()) > 4, args
 
@@ -380,8 +447,17 @@ def test_every_index_command_has_help():
 def test_demo_json(demo_run):
     workdir, result = demo_run
     summary = json.loads(result.stdout)
-    assert set(summary) == {"model", "enrolled", "known_right", "known_queries", "strangers_refused", "strangers",
-                            "verify_same", "verify_different", "threshold"}
+    assert set(summary) == {
+        "model",
+        "enrolled",
+        "known_right",
+        "known_queries",
+        "strangers_refused",
+        "strangers",
+        "verify_same",
+        "verify_different",
+        "threshold",
+    }
     assert summary["enrolled"] == 8 and summary["known_queries"] == 8 and summary["strangers"] == 4
     # The shipped demo tower tells these never-seen cartoon people apart and refuses strangers.
     assert summary["known_right"] >= 6 and summary["strangers_refused"] >= 3

@@ -1,4 +1,5 @@
 """train, evaluate and embed through click's test runner; --help never imports TensorFlow."""
+
 import json
 import subprocess
 import sys
@@ -8,8 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-
-from siamese_index.synthetic import make_identity_folder
+from siamese_index.imaging.synthetic import make_identity_folder
 
 
 @pytest.fixture(scope="module")
@@ -17,10 +17,28 @@ def cli_model(tmp_path_factory):
     root = make_identity_folder(tmp_path_factory.mktemp("ids"), identities=10, per_identity=4)
     (root / "person03" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
     out = tmp_path_factory.mktemp("m") / "tower"
-    result = CliRunner().invoke(cli, [
-        "train", str(root), "--out", str(out), "--arch", "seed-conv", "--epochs", "2", "--size", "24x24",
-        "--steps-per-epoch", "3", "--augment", "none", "--val-fraction", "0.3", "--json",
-    ])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            str(root),
+            "--out",
+            str(out),
+            "--arch",
+            "seed-conv",
+            "--epochs",
+            "2",
+            "--size",
+            "24x24",
+            "--steps-per-epoch",
+            "3",
+            "--augment",
+            "none",
+            "--val-fraction",
+            "0.3",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return root, out, result
 
@@ -37,8 +55,24 @@ def test_evaluate_json_keys(cli_model, tmp_path):
     root, out, _ = cli_model
     plot = tmp_path / "roc.png"
     grid = tmp_path / "pairs.png"
-    result = CliRunner().invoke(cli, ["evaluate", str(root), "--model", str(out), "--json", "--plot", str(plot),
-                                      "--pairs-figure", str(grid), "--n-way", "3", "--tasks", "20"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "evaluate",
+            str(root),
+            "--model",
+            str(out),
+            "--json",
+            "--plot",
+            str(plot),
+            "--pairs-figure",
+            str(grid),
+            "--n-way",
+            "3",
+            "--tasks",
+            "20",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     for key in ("accuracy", "best_accuracy", "auc", "eer", "tar_at_far_1pct"):
@@ -100,7 +134,7 @@ def test_every_command_has_help_text():
 
 def test_help_and_import_do_not_import_tensorflow():
     code = (
-        "import sys, siamese_index, siamese_index.index\n"
+        "import sys, siamese_index, siamese_index.index.facade\n"
         "from click.testing import CliRunner\n"
         "from cli.main import cli\n"
         "r = CliRunner().invoke(cli, ['--help'])\n"
@@ -116,7 +150,9 @@ def test_help_and_import_do_not_import_tensorflow():
 def test_evaluate_held_out_uses_only_people_never_trained_on(cli_model):
     root, out, result = cli_model
     held_out = json.loads(result.stdout)["training"]["val_identity_names"]
-    report = json.loads(CliRunner().invoke(cli, ["evaluate", str(root), "--model", str(out), "--held-out", "--json"]).stdout)
+    report = json.loads(
+        CliRunner().invoke(cli, ["evaluate", str(root), "--model", str(out), "--held-out", "--json"]).stdout
+    )
     assert report["one_shot"]["identities"] == len(held_out) == 3
 
 

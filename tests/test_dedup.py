@@ -1,5 +1,6 @@
 """Batch deduplication: levels, grouping without chaining, bad files, dry run, move/undo/delete,
 a crash in the middle of a move, the cache, the CLI, and enroll's near-duplicate warning."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,8 @@ from click.testing import CliRunner
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from cli.main import cli
-from siamese_index import near, quarantine
-from siamese_index.dedup import complete_linkage, dedup, write_report
+from siamese_index.duplicates import near, quarantine
+from siamese_index.duplicates.pipeline import complete_linkage, dedup, write_report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,11 +74,17 @@ def photos(tmp_path) -> dict[str, Path]:
         "orig": save(im, root / "a" / "orig.png"),
         "jpeg": save(im, root / "a" / "copy_jpeg.jpg", quality=30),
         "small": save(im.resize((w // 2, h // 2), Image.Resampling.LANCZOS), root / "b" / "copy_small.png"),
-        "crop": save(im.crop((int(w * .08), int(h * .05), int(w * .9), int(h * .93))), root / "b" / "copy_crop.png"),
-        "rot_gray": save(ImageOps.grayscale(im.rotate(5, resample=Image.Resampling.BICUBIC)),
-                         root / "a" / "copy_rot_gray.png"),
-        "tone": save(ImageEnhance.Contrast(ImageEnhance.Brightness(im).enhance(1.2)).enhance(0.8),
-                     root / "c" / "copy_tone.jpg", quality=85),
+        "crop": save(
+            im.crop((int(w * 0.08), int(h * 0.05), int(w * 0.9), int(h * 0.93))), root / "b" / "copy_crop.png"
+        ),
+        "rot_gray": save(
+            ImageOps.grayscale(im.rotate(5, resample=Image.Resampling.BICUBIC)), root / "a" / "copy_rot_gray.png"
+        ),
+        "tone": save(
+            ImageEnhance.Contrast(ImageEnhance.Brightness(im).enhance(1.2)).enhance(0.8),
+            root / "c" / "copy_tone.jpg",
+            quality=85,
+        ),
         "same_scene": save(scene(1, changed=1), root / "a" / "same_scene_other_photo.png"),
         "other": save(scene(2), root / "c" / "other.png"),
         "unrelated": save(scene(3), root / "c" / "unrelated.png"),
@@ -95,8 +102,11 @@ def groups_as_sets(report) -> list[set[str]]:
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, int]]:
-    return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,7 +156,7 @@ class LineEmbedder:
     threshold = 1.0
 
     def prepare(self, source, name=None, strict_face=False):
-        from siamese_index.images import open_image
+        from siamese_index.imaging.loading import open_image
 
         return np.asarray(open_image(source, name).convert("L"), np.float32).mean(keepdims=True), []
 
@@ -184,23 +194,32 @@ def test_no_chaining_through_dedup(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_face_tower(tmp_path_factory):
     """A real tower trained for a few seconds on 8 synthetic people (as tests/test_training.py)."""
-    from siamese_index.datasets import load_dataset
-    from siamese_index.images import Preprocessing
-    from siamese_index.synthetic import make_identity_folder
-    from siamese_index.training import TrainOptions, train
+    from siamese_index.imaging.loading import Preprocessing
+    from siamese_index.imaging.synthetic import make_identity_folder
+    from siamese_index.training.datasets import load_dataset
+    from siamese_index.training.trainer import TrainOptions, train
 
     prep = Preprocessing(24, 24, 1)
     root = make_identity_folder(tmp_path_factory.mktemp("people"), identities=8, per_identity=5)
     out = tmp_path_factory.mktemp("models") / "tower"
-    opts = TrainOptions(arch="seed-conv", epochs=5, seed=0, val_fraction=0.25, identities_per_batch=6,
-                        images_per_identity=4, steps_per_epoch=8, learning_rate=3e-3, augmentation="none")
+    opts = TrainOptions(
+        arch="seed-conv",
+        epochs=5,
+        seed=0,
+        val_fraction=0.25,
+        identities_per_batch=6,
+        images_per_identity=4,
+        steps_per_epoch=8,
+        learning_rate=3e-3,
+        augmentation="none",
+    )
     config = train(load_dataset(root, prep), out, opts, prep)
     assert config.threshold
     return out
 
 
 def test_identity_level_groups_photos_of_one_person(tiny_face_tower, tmp_path):
-    from siamese_index.synthetic import identity_image
+    from siamese_index.imaging.synthetic import identity_image
 
     people = [0, 3, 5, 6]
     for p in people:
@@ -244,8 +263,9 @@ def test_bad_files_are_reported_and_skipped(photos):
 def test_dry_run_changes_nothing(photos, tmp_path):
     root = photos["orig"].parent.parent
     before = snapshot(root)
-    result = CliRunner().invoke(cli, ["dedup", str(root), "--cache", str(tmp_path / "c.sqlite"),
-                                      "--report", str(tmp_path / "dups.html")])
+    result = CliRunner().invoke(
+        cli, ["dedup", str(root), "--cache", str(tmp_path / "c.sqlite"), "--report", str(tmp_path / "dups.html")]
+    )
     assert result.exit_code == 0, result.output
     assert "dry run: nothing changed" in result.stdout
     assert snapshot(root) == before
@@ -314,8 +334,12 @@ def test_delete_needs_yes_and_keeps_kept_files(photos):
     assert result.exit_code == 0, result.output
     assert "deleted 6 files" in result.stdout and "cannot be undone" in result.stdout
     left = {p.name for p in root.rglob("*") if p.is_file()}
-    assert left == {"orig.png", "same_scene_other_photo.png", "unrelated.png", "other.png"} or \
-        left == {"orig.png", "same_scene_other_photo.png", "unrelated.png", "other_exact_copy.png"}
+    assert left == {"orig.png", "same_scene_other_photo.png", "unrelated.png", "other.png"} or left == {
+        "orig.png",
+        "same_scene_other_photo.png",
+        "unrelated.png",
+        "other_exact_copy.png",
+    }
 
 
 def test_apply_guards(photos, tmp_path):
@@ -429,9 +453,11 @@ def test_heic_photos_are_read(tmp_path):
 
 
 def test_dedup_help_does_not_import_tensorflow():
-    code = ("import sys; from click.testing import CliRunner; from cli.main import cli; "
-            "r = CliRunner().invoke(cli, ['dedup', '--help']); assert r.exit_code == 0; "
-            "assert 'tensorflow' not in sys.modules and 'siamese_index.dedup' not in sys.modules")
+    code = (
+        "import sys; from click.testing import CliRunner; from cli.main import cli; "
+        "r = CliRunner().invoke(cli, ['dedup', '--help']); assert r.exit_code == 0; "
+        "assert 'tensorflow' not in sys.modules and 'siamese_index.duplicates.pipeline' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 

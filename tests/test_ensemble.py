@@ -1,4 +1,5 @@
 """`ensemble`: trained towers joined into one model directory, through the CLI."""
+
 import json
 
 import numpy as np
@@ -6,18 +7,35 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-
-from siamese_index.datasets import load_dataset
-from siamese_index.embedder import KerasEmbedder
-from siamese_index.model import ensemble_members
-from siamese_index.synthetic import make_identity_folder
+from siamese_index.imaging.synthetic import make_identity_folder
+from siamese_index.towers.architectures import ensemble_members
+from siamese_index.towers.embedder import KerasEmbedder
+from siamese_index.training.datasets import load_dataset
 
 
 def _train(root, out, *extra):
-    result = CliRunner().invoke(cli, [
-        "train", str(root), "--out", str(out), "--arch", "seed-conv", "--epochs", "1", "--steps-per-epoch", "2",
-        "--augment", "none", "--val-fraction", "0.3", "--seed", "3", *extra,
-    ])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            str(root),
+            "--out",
+            str(out),
+            "--arch",
+            "seed-conv",
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "2",
+            "--augment",
+            "none",
+            "--val-fraction",
+            "0.3",
+            "--seed",
+            "3",
+            *extra,
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -49,8 +67,9 @@ def test_ensemble_embeds_as_its_members_side_by_side(members, tmp_path):
     assert np.allclose(ens.embed_batch(x), expected, atol=1e-5)
     # Both members held out the same people (same seed), so the ensemble may be calibrated on them.
     assert config["training"]["val_identity_names"] == ea.config.training["val_identity_names"]
-    result = CliRunner().invoke(cli, ["calibrate", str(root), "--held-out", "--model", str(out),
-                                      "--out", str(tmp_path / "cal"), "--json"])
+    result = CliRunner().invoke(
+        cli, ["calibrate", str(root), "--held-out", "--model", str(out), "--out", str(tmp_path / "cal"), "--json"]
+    )
     assert result.exit_code == 0, result.output
     assert KerasEmbedder(tmp_path / "cal").threshold == json.loads(result.stdout)["threshold"] > 0
 

@@ -1,13 +1,14 @@
 """Face cropping on real photos where the face is off-centre (needs ../shared/data/lfw)."""
+
 import pytest
 from PIL import Image
 
 from siamese_index.errors import InvalidImage
-from siamese_index.faces import crop_box, detect_faces, face_box_for
-from siamese_index.images import Preprocessing, open_image
+from siamese_index.imaging.faces import crop_box, detect_faces, face_box_for
+from siamese_index.imaging.loading import Preprocessing, open_image
+from siamese_index.imaging.synthetic import identity_image
 
 from .shared_data import shared_path
-from siamese_index.synthetic import identity_image
 
 OFFSETS = Preprocessing(48, 40).face_box
 
@@ -98,8 +99,8 @@ def test_training_with_detect_faces_cuts_photos_as_lookup_does(tmp_path):
     from click.testing import CliRunner
 
     from cli.main import cli
-    from siamese_index.datasets import load_dataset
-    from siamese_index.images import prepare
+    from siamese_index.imaging.loading import prepare
+    from siamese_index.training.datasets import load_dataset
 
     face = _lfw_photo()
     for person, corner in (("left", (20, 20)), ("right", (600, 300)), ("middle", (300, 150)), ("top", (500, 10))):
@@ -114,9 +115,29 @@ def test_training_with_detect_faces_cuts_photos_as_lookup_does(tmp_path):
     fixed = load_dataset(tmp_path / "ids", prep, detect_faces=False)
     assert np.array_equal(detected.x[0], prepare(first, prep)[0])
     assert not np.array_equal(fixed.x[0], detected.x[0])  # the fixed crop misses the off-centre face
-    args = ["train", str(tmp_path / "ids"), "--arch", "seed-conv", "--epochs", "1", "--steps-per-epoch", "1",
-            "--batch-identities", "2", "--images-per-identity", "2", "--val-fraction", "0.5", "--size", "48x40",
-            "--crop", "0.28,0.22,0.72,0.78", "--face-crop", "--detect-faces", "--json"]
+    args = [
+        "train",
+        str(tmp_path / "ids"),
+        "--arch",
+        "seed-conv",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "1",
+        "--batch-identities",
+        "2",
+        "--images-per-identity",
+        "2",
+        "--val-fraction",
+        "0.5",
+        "--size",
+        "48x40",
+        "--crop",
+        "0.28,0.22,0.72,0.78",
+        "--face-crop",
+        "--detect-faces",
+        "--json",
+    ]
     result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "m")])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["training"]["detect_faces"] is True

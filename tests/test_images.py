@@ -1,4 +1,5 @@
 """Image loading: formats, orientation, modes, and clear errors for bad files."""
+
 import io
 from pathlib import Path
 
@@ -6,12 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siamese_index import images
-from siamese_index.datasets import load_dataset
 from siamese_index.errors import InvalidImage
-from siamese_index.images import Preprocessing, load_input, open_image, preprocess
-
-from siamese_index.synthetic import identity_image, make_identity_folder
+from siamese_index.imaging import loading as images
+from siamese_index.imaging.loading import Preprocessing, load_input, open_image, preprocess
+from siamese_index.imaging.synthetic import identity_image, make_identity_folder
+from siamese_index.training.datasets import load_dataset
 
 PREP = Preprocessing(16, 12, 1)
 
@@ -49,7 +49,7 @@ def test_transparency_and_16_bit_modes(tmp_path):
     p = tmp_path / "t.png"
     rgba.save(p)
     assert load_input(p, PREP).min() == 255  # transparent composites on white
-    a16 = (np.arange(100, dtype=np.uint16).reshape(10, 10) * 600)
+    a16 = np.arange(100, dtype=np.uint16).reshape(10, 10) * 600
     p16 = tmp_path / "deep.png"
     Image.fromarray(a16).save(p16)
     arr = load_input(p16, PREP)
@@ -124,6 +124,8 @@ def test_npz_vectors_and_images(tmp_path):
     d = load_dataset(vec, None)
     assert d.x.shape == (10, 100) and d.x.dtype == np.float32 and d.n_identities == 3
     img = tmp_path / "i.npz"
-    np.savez(img, X=np.random.default_rng(0).integers(0, 255, (6, 28, 28), dtype=np.uint8), y=np.array([0, 0, 1, 1, 2, 2]))
+    np.savez(
+        img, X=np.random.default_rng(0).integers(0, 255, (6, 28, 28), dtype=np.uint8), y=np.array([0, 0, 1, 1, 2, 2])
+    )
     d = load_dataset(img, PREP)
     assert d.x.shape == (6, 16, 12, 1)

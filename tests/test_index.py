@@ -1,4 +1,5 @@
 """SiameseIndex end to end with a fake embedder: enroll, identify, verify, manage, check, backup."""
+
 from __future__ import annotations
 
 import multiprocessing
@@ -8,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import FakeEmbedder, write_identity_image
 from siamese_index.errors import InvalidData, InvalidImage, ModelMismatch, NotFound
-from siamese_index.index import SiameseIndex
+from siamese_index.index.facade import SiameseIndex
 from siamese_index.storage.vectors import VectorIndex, stamp_path
+from tests.conftest import FakeEmbedder, write_identity_image
 
 
 def _enroll_people(idx, make_image, people, photos=2, start=0):
@@ -23,7 +24,9 @@ def _enroll_people(idx, make_image, people, photos=2, start=0):
 def _db_rows(home):
     conn = sqlite3.connect(home / "index.db")
     try:
-        return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("identities", "images", "embeddings")}
+        return {
+            t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("identities", "images", "embeddings")
+        }
     finally:
         conn.close()
 
@@ -31,8 +34,10 @@ def _db_rows(home):
 def _stored_embeddings(home):
     conn = sqlite3.connect(home / "index.db")
     try:
-        rows = conn.execute("SELECT e.vector, i.external_id FROM embeddings e JOIN images m ON m.id = e.image_id "
-                            "JOIN identities i ON i.id = m.identity_id").fetchall()
+        rows = conn.execute(
+            "SELECT e.vector, i.external_id FROM embeddings e JOIN images m ON m.id = e.image_id "
+            "JOIN identities i ON i.id = m.identity_id"
+        ).fetchall()
     finally:
         conn.close()
     return np.stack([np.frombuffer(r[0], "<f4") for r in rows]), np.array([r[1] for r in rows])
@@ -349,8 +354,13 @@ def test_status(index, make_image):
     _enroll_people(index, make_image, range(3))
     st = index.status()
     assert st["model"]["model_id"] == "fake-1" and st["model"]["dim"] == 16
-    assert st["counts"] == {"identities": 3, "identities_with_images": 3, "images": 6, "embeddings": 6,
-                            "stored_images": 6}
+    assert st["counts"] == {
+        "identities": 3,
+        "identities_with_images": 3,
+        "images": 6,
+        "embeddings": 6,
+        "stored_images": 6,
+    }
     assert st["index"]["stamp"]["count"] == 6 and st["consistency"] == {"ok": True, "problems": []}
     op = st["operating_point"]
     assert op["gallery_size"] == 3 and op["threshold"] == 0.5 and "no impostor table" in op["method"]
@@ -398,8 +408,8 @@ def test_backup(index, make_image, tmp_path, home):
 
 # -- two processes writing at once ---------------------------------------------------------------
 def _enroll_worker(home, worker, files_by_person, barrier):
+    from siamese_index.index.facade import SiameseIndex as Index
     from tests.conftest import FakeEmbedder as Fake
-    from siamese_index.index import SiameseIndex as Index
 
     barrier.wait(30)
     idx = Index.open(home, embedder=Fake())
@@ -433,7 +443,7 @@ def test_concurrent_enrolls_from_two_processes(home, make_image):
 
 # -- crash safety, options, calibration in the facade --------------------------------------------
 def test_failure_inside_the_write_leaves_nothing(index, make_image, monkeypatch):
-    import siamese_index.index as index_module
+    import siamese_index.index.facade as index_module
 
     index.enroll("P1", [make_image(1, 0)])
     rows, counter = _db_rows(index.home), index.status()["change_counter"]
@@ -485,7 +495,7 @@ def test_home_without_image_copies(home, make_image):
 
 
 def test_operating_point_in_a_large_gallery(home, make_image):
-    from siamese_index import calibration
+    from siamese_index.index import openset as calibration
 
     table = [[1e-5, 0.55], [1e-3, 0.75], [1e-1, 1.0]]
     emb = FakeEmbedder(threshold=0.9, metrics={"impostor_far_table": table})
@@ -504,7 +514,7 @@ def test_operating_point_in_a_large_gallery(home, make_image):
 
 
 def test_verify_files_without_a_home(tmp_path, make_image):
-    from siamese_index.index import verify_files
+    from siamese_index.index.facade import verify_files
 
     v = verify_files(make_image(1, 0), make_image(1, 1), home=tmp_path / "none", embedder=FakeEmbedder())
     assert v.same and not (tmp_path / "none").exists()

@@ -1,4 +1,5 @@
 """API keys: created once, stored hashed, listed, revoked at once; the `keys` commands."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,13 +13,13 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from siamese_index.errors import InvalidData, NotFound
-from siamese_index.keys import KEY_PREFIX, KeyStore, hash_key
+from siamese_index.service.keys import KEY_PREFIX, KeyStore, hash_key
 from tests.conftest import FakeEmbedder
 
 
 @pytest.fixture
 def home(tmp_path):
-    from siamese_index.index import SiameseIndex
+    from siamese_index.index.facade import SiameseIndex
 
     home = tmp_path / "home"
     SiameseIndex.open(home, embedder=FakeEmbedder()).close()
@@ -95,7 +96,9 @@ def test_keys_commands(home):
     assert "shown only now" in plain.stderr
     listed = run.invoke(cli, ["keys", "list", "--home", str(home), "--json"])
     assert [(k["name"], k["role"], k["active"]) for k in json.loads(listed.stdout)] == [
-        ("ops", "admin", True), ("read-1", "read", True)]
+        ("ops", "admin", True),
+        ("read-1", "read", True),
+    ]
     assert "key" not in json.loads(listed.stdout)[0]
     revoked = run.invoke(cli, ["keys", "revoke", "ops", "--home", str(home)])
     assert revoked.exit_code == 0 and "revoked ops" in revoked.output
@@ -108,10 +111,12 @@ def test_keys_commands(home):
 
 
 def test_help_imports_neither_tensorflow_nor_the_web_framework():
-    code = ("import sys\nfrom click.testing import CliRunner\nfrom cli.main import cli\n"
-            "for args in (['--help'], ['serve', '--help'], ['keys', '--help'], ['keys', 'create', '--help']):\n"
-            "    r = CliRunner().invoke(cli, args)\n    assert r.exit_code == 0, r.output\n"
-            "bad = [m for m in ('tensorflow', 'keras', 'fastapi', 'starlette', 'uvicorn') if m in sys.modules]\n"
-            "assert not bad, bad\n")
+    code = (
+        "import sys\nfrom click.testing import CliRunner\nfrom cli.main import cli\n"
+        "for args in (['--help'], ['serve', '--help'], ['keys', '--help'], ['keys', 'create', '--help']):\n"
+        "    r = CliRunner().invoke(cli, args)\n    assert r.exit_code == 0, r.output\n"
+        "bad = [m for m in ('tensorflow', 'keras', 'fastapi', 'starlette', 'uvicorn') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

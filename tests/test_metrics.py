@@ -1,10 +1,19 @@
 """Metrics against values computed by hand."""
+
 import numpy as np
 import pytest
 
-from siamese_index.evaluation import (
-    accuracy_at, best_threshold, eer, impostor_far_table, least_regret_threshold, n_way_accuracy, one_shot_split, rank_k,
-    roc_auc, tar_at_far,
+from siamese_index.training.metrics import (
+    accuracy_at,
+    best_threshold,
+    eer,
+    impostor_far_table,
+    least_regret_threshold,
+    n_way_accuracy,
+    one_shot_split,
+    rank_k,
+    roc_auc,
+    tar_at_far,
 )
 
 # Genuine pairs at 0.1, 0.2, 0.6; impostors at 0.4, 0.8, 0.9.

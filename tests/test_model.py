@@ -1,16 +1,28 @@
 """Towers' shapes and the contrastive loss against hand-computed values."""
+
 import numpy as np
 import pytest
 
-from siamese_index.model import (
-    ARCHITECTURES, batch_contrastive_loss, build_proxy_head, build_siamese, build_tower, contrastive_loss,
-    contrastive_loss_np, cosface_loss,
+from siamese_index.towers.architectures import (
+    ARCHITECTURES,
+    batch_contrastive_loss,
+    build_proxy_head,
+    build_siamese,
+    build_tower,
+    contrastive_loss,
+    contrastive_loss_np,
+    cosface_loss,
 )
 
 
 @pytest.mark.parametrize(
     "arch,shape,dim",
-    [("dense", (100,), 128), ("seed-conv", (56, 46, 1), 50), ("seed-gap", (28, 28, 1), 48), ("facenet-s", (48, 40, 1), 128)],
+    [
+        ("dense", (100,), 128),
+        ("seed-conv", (56, 46, 1), 50),
+        ("seed-gap", (28, 28, 1), 48),
+        ("facenet-s", (48, 40, 1), 128),
+    ],
 )
 def test_each_architecture_output_shape(arch, shape, dim):
     tower = build_tower(arch, shape)

@@ -1,9 +1,10 @@
 """Pair sampling, identity-disjoint splits and pair files."""
+
 import numpy as np
 import pytest
 
 from siamese_index.errors import InvalidData
-from siamese_index.pairs import read_pairs_file, sample_pairs, split_identities
+from siamese_index.training.pairs import read_pairs_file, sample_pairs, split_identities
 
 
 def test_pairs_are_balanced_correct_and_deterministic():

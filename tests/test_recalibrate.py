@@ -1,4 +1,5 @@
 """`calibrate`: a model's threshold chosen again on people it never trained on, through the CLI."""
+
 import json
 import sqlite3
 
@@ -7,12 +8,11 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-
-from siamese_index.datasets import load_dataset
-from siamese_index.embedder import KerasEmbedder
-from siamese_index.evaluation import accuracy_at, best_threshold, impostor_far_table
-from siamese_index.pairs import sample_pairs
-from siamese_index.synthetic import identity_image, make_identity_folder
+from siamese_index.imaging.synthetic import identity_image, make_identity_folder
+from siamese_index.towers.embedder import KerasEmbedder
+from siamese_index.training.datasets import load_dataset
+from siamese_index.training.metrics import accuracy_at, best_threshold, impostor_far_table
+from siamese_index.training.pairs import sample_pairs
 
 
 def _new_people(root, first: int, count: int, per_identity: int):
@@ -29,10 +29,29 @@ def _new_people(root, first: int, count: int, per_identity: int):
 def model(tmp_path_factory):
     root = make_identity_folder(tmp_path_factory.mktemp("ids"), identities=10, per_identity=4)
     out = tmp_path_factory.mktemp("m") / "tower"
-    result = CliRunner().invoke(cli, [
-        "train", str(root), "--out", str(out), "--arch", "seed-conv", "--epochs", "2", "--size", "24x24",
-        "--steps-per-epoch", "3", "--augment", "none", "--val-fraction", "0.3", "--seed", "3",
-    ])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            str(root),
+            "--out",
+            str(out),
+            "--arch",
+            "seed-conv",
+            "--epochs",
+            "2",
+            "--size",
+            "24x24",
+            "--steps-per-epoch",
+            "3",
+            "--augment",
+            "none",
+            "--val-fraction",
+            "0.3",
+            "--seed",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return root, out
 
@@ -71,7 +90,8 @@ def test_calibrate_on_new_people_keeps_the_weights_and_records_the_choice(model,
     pooled = np.concatenate([d for d, _ in sets])
     assert worst_loss(cal.threshold) == pytest.approx(min(worst_loss(t) for t in [*pooled, pooled.max() + 1]))
     assert [s["accuracy_lost"] for s in record["sets"]] == pytest.approx(
-        [b - accuracy_at(d, y, cal.threshold) for (d, y), b in zip(sets, best)])
+        [b - accuracy_at(d, y, cal.threshold) for (d, y), b in zip(sets, best)]
+    )
     # The unknown-person impostor table comes from the set with the most people.
     assert record["impostor_table_from"] == str(large)
     assert np.allclose(cal.config.metrics["impostor_far_table"], impostor_far_table(emb, data.labels, seed=4))
@@ -123,7 +143,7 @@ def _set_threshold(home, *args):
 
 
 def test_a_home_adopts_a_recalibrated_threshold_without_re_embedding(model, tmp_path):
-    from siamese_index.index import SiameseIndex
+    from siamese_index.index.facade import SiameseIndex
 
     root, out = model
     people = _new_people(tmp_path / "enrolled", 600, 3, 2)
@@ -163,7 +183,7 @@ def test_a_home_adopts_a_recalibrated_threshold_without_re_embedding(model, tmp_
 
 
 def test_set_threshold_refuses_other_weights_and_bad_values(model, tmp_path):
-    from siamese_index.index import SiameseIndex
+    from siamese_index.index.facade import SiameseIndex
 
     root, out = model
     home = tmp_path / "home"
@@ -172,16 +192,40 @@ def test_set_threshold_refuses_other_weights_and_bad_values(model, tmp_path):
     with SiameseIndex.open(home, model=out) as idx:
         idx.enroll("someone", [photo])
     other = tmp_path / "other"
-    result = CliRunner().invoke(cli, [
-        "train", str(root), "--out", str(other), "--arch", "seed-conv", "--epochs", "1", "--size", "24x24",
-        "--steps-per-epoch", "1", "--augment", "none", "--val-fraction", "0.3", "--seed", "9"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            str(root),
+            "--out",
+            str(other),
+            "--arch",
+            "seed-conv",
+            "--epochs",
+            "1",
+            "--size",
+            "24x24",
+            "--steps-per-epoch",
+            "1",
+            "--augment",
+            "none",
+            "--val-fraction",
+            "0.3",
+            "--seed",
+            "9",
+        ],
+    )
     assert result.exit_code == 0, result.output
     before = json.loads(CliRunner().invoke(cli, ["models", "show", "--home", str(home), "--json"]).stdout)
     result = _set_threshold(home, "--from", other)
     assert result.exit_code == 1 and str(other) in result.output and "same weights" in result.output
-    for args, words in ((["--value", "-0.2"], "positive"), (["--value", "nan"], "positive"),
-                        ([], "--from DIR or --value"), (["--value", "0.3", "--from", other], "--from DIR or --value"),
-                        (["7", "--value", "0.3"], "no model version 7")):
+    for args, words in (
+        (["--value", "-0.2"], "positive"),
+        (["--value", "nan"], "positive"),
+        ([], "--from DIR or --value"),
+        (["--value", "0.3", "--from", other], "--from DIR or --value"),
+        (["7", "--value", "0.3"], "no model version 7"),
+    ):
         result = _set_threshold(home, *args)
         assert result.exit_code != 0 and words in result.output, (args, result.output)
     after = json.loads(CliRunner().invoke(cli, ["models", "show", "--home", str(home), "--json"]).stdout)

@@ -1,4 +1,5 @@
 """retrain: pair-file validation, fine-tuning, the held-out comparison and its guard, feedback."""
+
 import json
 import sqlite3
 from itertools import combinations
@@ -9,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from siamese_index.errors import InvalidData, NotFound
-from siamese_index.pairs import write_pairs_csv
-from siamese_index.synthetic import identity_image
+from siamese_index.imaging.synthetic import identity_image
+from siamese_index.training.pairs import write_pairs_csv
 
 from .tiny_towers import photos, tiny_towers
 
@@ -22,7 +23,7 @@ def tower():
 
 @pytest.fixture
 def idx(tower, tmp_path):
-    from siamese_index.index import SiameseIndex
+    from siamese_index.index.facade import SiameseIndex
 
     index = SiameseIndex.open(tmp_path / "home", model=tower)
     for pid, files in photos(tmp_path / "enrolled", range(6), range(2)).items():
@@ -61,11 +62,13 @@ def _never(*_a, **_k):
 
 def _collapse(value: float):
     """A 'fine-tune' that ruins the tower: every image gets the same vector (the guard must catch it)."""
+
     def tune(tower, *_a, **_k):
         weights = [np.zeros_like(w) for w in tower.get_weights()]
         weights[-1][:] = value  # the last bias: a constant output, different per value
         tower.set_weights(weights)
         return [{"epoch": 1, "loss": 9.9}]
+
     return tune
 
 
@@ -77,7 +80,7 @@ def _nudge(tower, *_a, **_k):
 
 # -- the pairs file --------------------------------------------------------------------------------
 def test_bad_rows_are_reported_with_line_numbers_before_training(idx, tmp_path):
-    from siamese_index.retrain import retrain
+    from siamese_index.lifecycle.retrain import retrain
 
     d = tmp_path / "csv"
     d.mkdir()
@@ -88,12 +91,9 @@ def test_bad_rows_are_reported_with_line_numbers_before_training(idx, tmp_path):
     before = _versions(idx.home)
 
     bad = d / "bad.csv"
-    bad.write_text("image_a,image_b,label\n"
-                   "a.png,b.png,1\n"
-                   "a.png,b.png,2\n"
-                   "a.png,../outside.png,0\n"
-                   "a.png,missing.png,1\n"
-                   "a.png,,0\n")
+    bad.write_text(
+        "image_a,image_b,label\na.png,b.png,1\na.png,b.png,2\na.png,../outside.png,0\na.png,missing.png,1\na.png,,0\n"
+    )
     with pytest.raises(InvalidData) as e:
         retrain(idx, bad, _fine_tune=_never)
     msg = str(e.value)
@@ -114,15 +114,16 @@ def test_bad_rows_are_reported_with_line_numbers_before_training(idx, tmp_path):
         retrain(idx, no_column, _fine_tune=_never)
     assert _versions(idx.home) == before  # nothing recorded
 
-    r = CliRunner().invoke(__import__("cli.main", fromlist=["cli"]).cli,
-                           ["retrain", "--pairs", str(bad), "--home", str(idx.home)])
+    r = CliRunner().invoke(
+        __import__("cli.main", fromlist=["cli"]).cli, ["retrain", "--pairs", str(bad), "--home", str(idx.home)]
+    )
     assert r.exit_code == 1 and "line 3" in r.output and "line 5" in r.output and "Traceback" not in r.output
 
 
 # -- fine-tuning and the guard ------------------------------------------------------------------------
 def test_retrain_fine_tunes_compares_and_activates(idx, tmp_path):
-    from siamese_index import versions
-    from siamese_index.retrain import RetrainOptions, retrain
+    from siamese_index.lifecycle import versions
+    from siamese_index.lifecycle.retrain import RetrainOptions, retrain
 
     parent = idx._mv
     pairs = _pairs_csv(tmp_path / "new", people=14)
@@ -130,8 +131,11 @@ def test_retrain_fine_tunes_compares_and_activates(idx, tmp_path):
     rep = retrain(idx, pairs, options=RetrainOptions(epochs=2, learning_rate=1e-3, seed=0), progress=lines.append)
     c = rep["comparison"]
     assert c["judged"] and c["held_out_genuine"] >= 10 and c["held_out_impostor"] >= 10
-    assert rep["pairs"]["csv"] == rep["pairs"]["total"] == rep["pairs"]["train"] + rep["pairs"]["held_out"] + \
-        rep["pairs"]["dropped_crossing"]
+    assert (
+        rep["pairs"]["csv"]
+        == rep["pairs"]["total"]
+        == rep["pairs"]["train"] + rep["pairs"]["held_out"] + rep["pairs"]["dropped_crossing"]
+    )
     for name in ("old", "new"):  # both scores, whatever the decision
         assert 0 <= c[name]["auc"] <= 1 and c[name]["accuracy"] is not None
     assert c["new"]["threshold"] == rep["threshold"] and len(rep["history"]) == 2
@@ -152,7 +156,7 @@ def test_retrain_fine_tunes_compares_and_activates(idx, tmp_path):
 
 
 def test_a_worse_tower_is_not_activated_unless_forced(idx, tmp_path):
-    from siamese_index.retrain import RetrainOptions, retrain
+    from siamese_index.lifecycle.retrain import RetrainOptions, retrain
 
     parent = idx._mv
     pairs = _pairs_csv(tmp_path / "new", people=14)
@@ -169,7 +173,7 @@ def test_a_worse_tower_is_not_activated_unless_forced(idx, tmp_path):
 
 
 def test_too_few_held_out_pairs_is_said_plainly(idx, tmp_path):
-    from siamese_index.retrain import RetrainOptions, retrain
+    from siamese_index.lifecycle.retrain import RetrainOptions, retrain
 
     parent = idx._mv
     pairs = _pairs_csv(tmp_path / "few", people=3, per_person=3)
@@ -182,9 +186,9 @@ def test_too_few_held_out_pairs_is_said_plainly(idx, tmp_path):
 
 # -- pairs from the home: enrolled photos and feedback ------------------------------------------------
 def test_feedback_and_pairs_from_the_home(idx, tmp_path):
-    from siamese_index import feedback
-    from siamese_index.embedder import KerasEmbedder
-    from siamese_index.retrain import PairSet, add_enrolled_pairs, add_feedback_pairs, split_pairs
+    from siamese_index.lifecycle import feedback
+    from siamese_index.lifecycle.retrain import PairSet, add_enrolled_pairs, add_feedback_pairs, split_pairs
+    from siamese_index.towers.embedder import KerasEmbedder
 
     q = tmp_path / "q.png"
     identity_image(2, 7, 32).save(q)  # a new photo of P02

@@ -1,5 +1,6 @@
 """The HTTP service, for real: `siamese-index serve` in a subprocess on 127.0.0.1, a tiny trained
 tower, httpx as the client; the CLI writes to the same home while the server runs."""
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from siamese_index.synthetic import identity_image, make_identity_folder
+from siamese_index.imaging.synthetic import identity_image, make_identity_folder
 
 STAFF = range(100, 108)  # enrolled before the server starts (never seen by the tower in training)
 UPLOAD_CAP = 200 * 1024  # --max-upload-mb 0.1953125
@@ -39,18 +40,31 @@ def _cli(*args: str):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A trained tower, a home with 8 people, an admin and a read key, and the server."""
-    from siamese_index.datasets import load_dataset
-    from siamese_index.images import Preprocessing
-    from siamese_index.index import SiameseIndex
-    from siamese_index.training import TrainOptions, train
+    from siamese_index.imaging.loading import Preprocessing
+    from siamese_index.index.facade import SiameseIndex
+    from siamese_index.training.datasets import load_dataset
+    from siamese_index.training.trainer import TrainOptions, train
 
     tmp = tmp_path_factory.mktemp("service")
     prep = Preprocessing(24, 24, 1)
     root = make_identity_folder(tmp / "ids", identities=24, per_identity=5)
     tower = tmp / "tower"
-    train(load_dataset(root, prep), tower, TrainOptions(
-        arch="seed-conv", epochs=4, seed=0, val_fraction=0.25, identities_per_batch=12, images_per_identity=4,
-        steps_per_epoch=6, learning_rate=3e-3, augmentation="none"), prep)
+    train(
+        load_dataset(root, prep),
+        tower,
+        TrainOptions(
+            arch="seed-conv",
+            epochs=4,
+            seed=0,
+            val_fraction=0.25,
+            identities_per_batch=12,
+            images_per_identity=4,
+            steps_per_epoch=6,
+            learning_rate=3e-3,
+            augmentation="none",
+        ),
+        prep,
+    )
 
     photos = tmp / "photos"
     photos.mkdir()
@@ -66,16 +80,37 @@ def world(tmp_path_factory):
         for p in STAFF:
             idx.enroll(f"E{p}", [photo(p, 0)], name=f"Person {p}")
     admin = json.loads(_cli("keys", "create", "--role", "admin", "--name", "ops", "--home", str(home), "--json").stdout)
-    reader = json.loads(_cli("keys", "create", "--role", "read", "--name", "kiosk", "--home", str(home), "--json").stdout)
+    reader = json.loads(
+        _cli("keys", "create", "--role", "read", "--name", "kiosk", "--home", str(home), "--json").stdout
+    )
 
     port = _free_port()
     log = open(tmp / "server.log", "w")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "serve", "--home", str(home), "--port", str(port),
-         "--max-upload-mb", str(UPLOAD_CAP / 1024 / 1024), "--max-batch", str(MAX_BATCH), "--lock-timeout", "0.5",
-         "--log-level", "warning"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[1])
+        [
+            sys.executable,
+            "-m",
+            "siamese_index.cli",
+            "serve",
+            "--home",
+            str(home),
+            "--port",
+            str(port),
+            "--max-upload-mb",
+            str(UPLOAD_CAP / 1024 / 1024),
+            "--max-batch",
+            str(MAX_BATCH),
+            "--lock-timeout",
+            "0.5",
+            "--log-level",
+            "warning",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     base = f"http://127.0.0.1:{port}"
     seen_loading = []
     deadline = time.monotonic() + 120
@@ -92,8 +127,17 @@ def world(tmp_path_factory):
                 break
             seen_loading.append((r.status_code, r.headers.get("retry-after"), r.json()))
             time.sleep(0.1)
-        yield {"base": base, "home": home, "tower": tower, "photo": photo, "admin": admin["key"],
-               "read": reader["key"], "seen_loading": seen_loading, "log": tmp / "server.log", "proc": proc}
+        yield {
+            "base": base,
+            "home": home,
+            "tower": tower,
+            "photo": photo,
+            "admin": admin["key"],
+            "read": reader["key"],
+            "seen_loading": seen_loading,
+            "log": tmp / "server.log",
+            "proc": proc,
+        }
     finally:
         proc.terminate()
         try:
@@ -133,8 +177,17 @@ def test_health_readiness_docs_and_schema_need_no_key(world):
     status, retry, body = world["seen_loading"][0]
     assert status == 503 and retry and body["ready"] is False and body["status"] == "loading"
     paths = set(schema["paths"])
-    assert {"/v1/identify", "/v1/identify/batch", "/v1/verify", "/v1/identities", "/v1/identities/{person_id}",
-            "/v1/identities/{person_id}/images", "/v1/status", "/v1/health", "/v1/ready"} <= paths
+    assert {
+        "/v1/identify",
+        "/v1/identify/batch",
+        "/v1/verify",
+        "/v1/identities",
+        "/v1/identities/{person_id}",
+        "/v1/identities/{person_id}/images",
+        "/v1/status",
+        "/v1/health",
+        "/v1/ready",
+    } <= paths
     assert all(p.startswith("/v1/") for p in paths)
     assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html")
     page = docs.text
@@ -196,8 +249,9 @@ def test_identify_answers_like_the_cli(world, client):
     assert got["threshold"] == pytest.approx(want["threshold"], rel=1e-6)
     assert (got["match"] or {}).get("id") == (want["match"] or {}).get("id")
     assert [c["id"] for c in got["candidates"]] == [c["id"] for c in want["candidates"]]
-    assert [c["distance"] for c in got["candidates"]] == pytest.approx([c["distance"] for c in want["candidates"]],
-                                                                       abs=1e-4)
+    assert [c["distance"] for c in got["candidates"]] == pytest.approx(
+        [c["distance"] for c in want["candidates"]], abs=1e-4
+    )
     assert len(got["candidates"]) == 3
     # an enrolled photo itself: distance 0, known; a threshold given is used as is
     name, data = _png(world, 105, 0)
@@ -207,8 +261,11 @@ def test_identify_answers_like_the_cli(world, client):
 
 
 def test_batch_identify_keeps_order_and_reports_bad_images(world, client):
-    files = [("images", _png(world, 101, 0)), ("images", ("notes.txt", b"not an image at all")),
-             ("images", _png(world, 106, 0))]
+    files = [
+        ("images", _png(world, 101, 0)),
+        ("images", ("notes.txt", b"not an image at all")),
+        ("images", _png(world, 106, 0)),
+    ]
     r = client.post("/v1/identify/batch", files=files, data={"k": "2"})
     assert r.status_code == 200, r.text
     first, bad, third = r.json()["results"]
@@ -240,8 +297,9 @@ def test_verify(world, client):
     body = same.json()
     assert set(body) == {"image_a", "image_b", "distance", "threshold", "same", "warnings"}
     assert body["same"] is True and body["distance"] < 1e-3
-    forced = client.post("/v1/verify", files={"image_a": _png(world, 104, 1), "image_b": _png(world, 107, 2)},
-                         data={"threshold": "1e-9"}).json()
+    forced = client.post(
+        "/v1/verify", files={"image_a": _png(world, 104, 1), "image_b": _png(world, 107, 2)}, data={"threshold": "1e-9"}
+    ).json()
     assert forced["same"] is False and forced["threshold"] == 1e-9
     bad = client.post("/v1/verify", files={"image_a": _png(world, 104, 1), "image_b": ("x.png", b"\x89PNG\r\n\x1a\n")})
     assert bad.status_code == 422 and bad.json()["file"] == "x.png"
@@ -284,11 +342,17 @@ def test_enroll_list_get_rename_add_delete(world, client, admin):
     failed = admin.post("/v1/identities", data={"id": "N151"}, files=[("images", ("bad.png", b"nope"))])
     assert failed.status_code == 422 and failed.json()["summary"]["failed"] == 1
     assert client.get("/v1/identities/N151").status_code == 404  # nothing written
-    assert admin.post("/v1/identities", data={"id": "N152", "meta": "[1]"},
-                      files=[("images", _png(world, 152, 0))]).status_code == 400
+    assert (
+        admin.post(
+            "/v1/identities", data={"id": "N152", "meta": "[1]"}, files=[("images", _png(world, 152, 0))]
+        ).status_code
+        == 400
+    )
     assert admin.post("/v1/identities", data={"id": "a/b"}, files=[("images", _png(world, 152, 0))]).status_code == 400
 
-    more = admin.post("/v1/identities/N150/images", files=[("images", _png(world, 150, 2)), ("images", _png(world, 150, 0))])
+    more = admin.post(
+        "/v1/identities/N150/images", files=[("images", _png(world, 150, 2)), ("images", _png(world, 150, 0))]
+    )
     assert more.status_code == 200 and more.json()["summary"] == {"added": 1, "exists": 1, "failed": 0}
     assert admin.post("/v1/identities/NOPE/images", files=[("images", _png(world, 150, 3))]).status_code == 404
 
@@ -296,7 +360,8 @@ def test_enroll_list_get_rename_add_delete(world, client, admin):
     assert listed["total"] == len(STAFF) + 1 and len(listed["identities"]) == 2
     everyone = client.get("/v1/identities", params={"limit": 1000}).json()["identities"]
     assert {"id": "N150", "name": "Nia", "meta": {"team": "night"}, "images": 3} == {
-        k: v for k, v in next(p for p in everyone if p["id"] == "N150").items() if k != "created"}
+        k: v for k, v in next(p for p in everyone if p["id"] == "N150").items() if k != "created"
+    }
     one = client.get("/v1/identities/N150").json()
     assert one["name"] == "Nia" and len(one["images"]) == 3 and {"image_id", "sha256"} <= set(one["images"][0])
 
@@ -381,9 +446,9 @@ def test_a_busy_writer_lock_gives_503_while_lookups_go_on(world, client, admin):
 def test_readiness_while_loading(tmp_path, monkeypatch):
     import uvicorn
 
-    from siamese_index import service
-    from siamese_index.index import SiameseIndex
-    from siamese_index.keys import KeyStore
+    from siamese_index.index.facade import SiameseIndex
+    from siamese_index.service import app as service
+    from siamese_index.service.keys import KeyStore
     from tests.conftest import FakeEmbedder, write_identity_image
 
     idx = SiameseIndex.open(tmp_path / "home", embedder=FakeEmbedder())
@@ -406,8 +471,12 @@ def test_readiness_while_loading(tmp_path, monkeypatch):
         while not server.started:
             time.sleep(0.02)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
-            assert c.get("/v1/health").json() == {"status": "loading", "ready": False, "version": service.__version__,
-                                                  "error": None}
+            assert c.get("/v1/health").json() == {
+                "status": "loading",
+                "ready": False,
+                "version": service.__version__,
+                "error": None,
+            }
             r = c.get("/v1/ready")
             assert r.status_code == 503 and r.headers["retry-after"]
             data = (tmp_path / "a.png").read_bytes()

@@ -1,12 +1,13 @@
 """Every model shipped in models/ loads, has a complete config, and embeds."""
+
 import json
 
 import numpy as np
 import pytest
 
 from siamese_index.config import DEFAULT_MODEL_NAME, MODELS_DIR, resolve_model_dir
-from siamese_index.embedder import KerasEmbedder
-from siamese_index.synthetic import identity_image
+from siamese_index.imaging.synthetic import identity_image
+from siamese_index.towers.embedder import KerasEmbedder
 
 SHIPPED = sorted(p for p in MODELS_DIR.iterdir() if (p / "config.json").is_file()) if MODELS_DIR.is_dir() else []
 
@@ -19,8 +20,19 @@ def test_the_default_face_model_is_shipped():
 @pytest.mark.parametrize("model_dir", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_shipped_model_loads_and_embeds(model_dir, tmp_path):
     config = json.loads((model_dir / "config.json").read_text())
-    for key in ("arch", "input_shape", "embedding_dim", "preprocessing", "threshold", "threshold_method", "model_id",
-                "metrics", "history", "training", "versions"):
+    for key in (
+        "arch",
+        "input_shape",
+        "embedding_dim",
+        "preprocessing",
+        "threshold",
+        "threshold_method",
+        "model_id",
+        "metrics",
+        "history",
+        "training",
+        "versions",
+    ):
         assert key in config, key
     assert config["metrics"]["impostor_far_table"], "needed to calibrate the unknown-person threshold"
     readme = (model_dir / "README.md").read_text()

@@ -1,9 +1,11 @@
 """The storage layer: schema and migrations, transactions and the writer lock, the FAISS cache."""
+
 import sqlite3
 
 import numpy as np
 import pytest
-from sqlalchemy import inspect, insert, select
+from sqlalchemy import insert, inspect, select
+from sqlalchemy.exc import IntegrityError
 
 from siamese_index.errors import Busy, IndexStale, InvalidData
 from siamese_index.storage import db as dbm
@@ -54,8 +56,9 @@ def test_pragmas(db):
 
 
 def _add_identity(conn, ext="E1"):
-    return conn.execute(insert(dbm.identities).values(external_id=ext, name=None, meta="{}", created_at="t",
-                                                      updated_at="t")).inserted_primary_key[0]
+    return conn.execute(
+        insert(dbm.identities).values(external_id=ext, name=None, meta="{}", created_at="t", updated_at="t")
+    ).inserted_primary_key[0]
 
 
 def test_write_bumps_counter_once_and_rolls_back_on_error(db):
@@ -76,14 +79,16 @@ def test_write_bumps_counter_once_and_rolls_back_on_error(db):
 def test_foreign_keys_and_ids_never_reused(db):
     with db.write() as txn:
         pk = _add_identity(txn.conn)
-        img = txn.conn.execute(insert(dbm.images).values(identity_id=pk, content_sha256="h", created_at="t")
-                               ).inserted_primary_key[0]
+        img = txn.conn.execute(
+            insert(dbm.images).values(identity_id=pk, content_sha256="h", created_at="t")
+        ).inserted_primary_key[0]
     with db.write() as txn:
         txn.conn.execute(dbm.images.delete())
-        img2 = txn.conn.execute(insert(dbm.images).values(identity_id=pk, content_sha256="h", created_at="t")
-                                ).inserted_primary_key[0]
+        img2 = txn.conn.execute(
+            insert(dbm.images).values(identity_id=pk, content_sha256="h", created_at="t")
+        ).inserted_primary_key[0]
     assert img2 > img  # AUTOINCREMENT: a FAISS id is never handed out twice
-    with pytest.raises(Exception):
+    with pytest.raises(IntegrityError):
         with db.write() as txn:
             txn.conn.execute(insert(dbm.images).values(identity_id=999, content_sha256="x", created_at="t"))
 
@@ -179,8 +184,9 @@ def test_load_or_rebuild_detects_every_kind_of_staleness(tmp_path):
         return ids, vecs
 
     def load(model_id="m", generation=1, expected=ids):
-        return load_or_rebuild(path, model_id=model_id, dim=8, generation=generation, expected_ids=expected,
-                               fetch=fetch)
+        return load_or_rebuild(
+            path, model_id=model_id, dim=8, generation=generation, expected_ids=expected, fetch=fetch
+        )
 
     vi, info = load()
     assert info["source"] == "rebuilt" and "missing" in info["reason"]

@@ -1,4 +1,5 @@
 """Distillation from a teacher: teacher files, the loss, a real training run, dlib's teacher."""
+
 import json
 
 import numpy as np
@@ -6,13 +7,13 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from siamese_index.datasets import load_dataset
-from siamese_index.embedder import KerasEmbedder
 from siamese_index.errors import InvalidData, InvalidImage
-from siamese_index.images import Preprocessing, open_image
-from siamese_index.synthetic import make_face_folder, make_identity_folder
-from siamese_index.teacher import compute_teacher_file, teacher_targets
-from siamese_index.training import TrainOptions, train
+from siamese_index.imaging.loading import Preprocessing, open_image
+from siamese_index.imaging.synthetic import make_face_folder, make_identity_folder
+from siamese_index.towers.embedder import KerasEmbedder
+from siamese_index.training.datasets import load_dataset
+from siamese_index.training.teacher import compute_teacher_file, teacher_targets
+from siamese_index.training.trainer import TrainOptions, train
 
 from .shared_data import shared_path
 
@@ -48,12 +49,15 @@ def test_teacher_file_rows_are_matched_by_relative_path(tmp_path):
     assert not targets[~mask].any()
 
 
-@pytest.mark.parametrize("arrays, message", [
-    ({"paths": np.array(["a.png"])}, "missing array 'vectors'"),
-    ({"paths": np.array(["a.png", "b.png"]), "vectors": np.ones((3, 4))}, "one row per path"),
-    ({"paths": np.array(["person00/00.png"]), "vectors": np.zeros((1, 4))}, "non-zero"),
-    ({"paths": np.array(["elsewhere/x.png"]), "vectors": np.ones((1, 4))}, "relative to the data folder"),
-])
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"paths": np.array(["a.png"])}, "missing array 'vectors'"),
+        ({"paths": np.array(["a.png", "b.png"]), "vectors": np.ones((3, 4))}, "one row per path"),
+        ({"paths": np.array(["person00/00.png"]), "vectors": np.zeros((1, 4))}, "non-zero"),
+        ({"paths": np.array(["elsewhere/x.png"]), "vectors": np.ones((1, 4))}, "relative to the data folder"),
+    ],
+)
 def test_bad_teacher_files_are_refused_by_name(tmp_path, arrays, message):
     root = make_identity_folder(tmp_path / "ids", identities=2, per_identity=2)
     f = tmp_path / "bad.npz"
@@ -67,7 +71,7 @@ def test_bad_teacher_files_are_refused_by_name(tmp_path, arrays, message):
 
 
 def test_distillation_loss_matches_a_hand_computed_value():
-    from siamese_index.model import distillation_loss
+    from siamese_index.towers.architectures import distillation_loss
 
     emb = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32)
     # Targets, then the has-a-teacher flag: the third row has none and must not count.
@@ -80,8 +84,9 @@ def test_compute_teacher_file_skips_bad_images_and_round_trips(tmp_path):
     root = make_identity_folder(tmp_path / "ids", identities=3, per_identity=2)
     (root / "person01" / "broken.png").write_bytes(b"\x89PNG truncated")
     seen = []
-    summary = compute_teacher_file(root, tmp_path / "out" / "t.npz", teacher=MeanTeacher(),
-                                   progress=lambda d, t: seen.append((d, t)))
+    summary = compute_teacher_file(
+        root, tmp_path / "out" / "t.npz", teacher=MeanTeacher(), progress=lambda d, t: seen.append((d, t))
+    )
     assert summary["images"] == 6 and summary["dim"] == 4 and summary["faces_detected"] == 6
     assert [s["path"].endswith("broken.png") for s in summary["skipped"]] == [True]
     assert seen[-1] == (7, 7)
@@ -108,11 +113,22 @@ def test_distillation_pulls_embeddings_towards_the_teacher(tmp_path):
     rel = [p.split("ids/")[1] for p in data.paths]
     f = _write_teacher(tmp_path / "t.npz", rel, vectors)
     targets, _, _ = teacher_targets(f, root, data.paths)
-    base = dict(arch="facenet-s", embedding_dim=16, epochs=6, seed=0, val_fraction=0.25, identities_per_batch=6,
-                images_per_identity=4, steps_per_epoch=8, learning_rate=3e-3, augmentation="none")
+    base = dict(
+        arch="facenet-s",
+        embedding_dim=16,
+        epochs=6,
+        seed=0,
+        val_fraction=0.25,
+        identities_per_batch=6,
+        images_per_identity=4,
+        steps_per_epoch=8,
+        learning_rate=3e-3,
+        augmentation="none",
+    )
     plain = train(data, tmp_path / "plain", TrainOptions(**base), PREP, source=str(root))
-    taught = train(data, tmp_path / "taught", TrainOptions(**base, teacher_file=f, teacher_weight=20.0), PREP,
-                   source=str(root))
+    taught = train(
+        data, tmp_path / "taught", TrainOptions(**base, teacher_file=f, teacher_weight=20.0), PREP, source=str(root)
+    )
     assert taught.training["teacher"]["rows"] == 36 and plain.training["teacher"] is None
     # Training rows only were distilled; their embeddings must now sit near the teacher's.
     train_rows = ~np.isin(np.array(data.names)[data.labels], taught.training["val_identity_names"])
@@ -125,19 +141,33 @@ def test_distillation_checks_dimension_and_mode(tmp_path):
     data = load_dataset(root, PREP)
     f = _write_teacher(tmp_path / "t.npz", [p.split("ids/")[1] for p in data.paths], np.ones((len(data), 8)))
     with pytest.raises(InvalidData, match="--embedding-dim 8"):
-        train(data, tmp_path / "m", TrainOptions(arch="facenet-s", embedding_dim=16, epochs=1, steps_per_epoch=1,
-                                                 teacher_file=f), PREP, source=str(root))
+        train(
+            data,
+            tmp_path / "m",
+            TrainOptions(arch="facenet-s", embedding_dim=16, epochs=1, steps_per_epoch=1, teacher_file=f),
+            PREP,
+            source=str(root),
+        )
     with pytest.raises(InvalidData, match="batch mode"):
-        train(data, tmp_path / "m", TrainOptions(arch="facenet-s", mode="pairs", epochs=1, steps_per_epoch=1,
-                                                 teacher_file=f), PREP, source=str(root))
+        train(
+            data,
+            tmp_path / "m",
+            TrainOptions(arch="facenet-s", mode="pairs", epochs=1, steps_per_epoch=1, teacher_file=f),
+            PREP,
+            source=str(root),
+        )
     with pytest.raises(InvalidData, match="needs the data folder"):
-        train(data, tmp_path / "m", TrainOptions(arch="facenet-s", embedding_dim=8, epochs=1, steps_per_epoch=1,
-                                                 teacher_file=f), PREP)
+        train(
+            data,
+            tmp_path / "m",
+            TrainOptions(arch="facenet-s", embedding_dim=8, epochs=1, steps_per_epoch=1, teacher_file=f),
+            PREP,
+        )
     assert not (tmp_path / "m").exists()
 
 
 def test_dlib_teacher_through_the_cli(tmp_path):
-    pytest.importorskip("dlib", reason="the teacher extra is not installed: pip install -e \".[teacher]\"")
+    pytest.importorskip("dlib", reason='the teacher extra is not installed: pip install -e ".[teacher]"')
     root = make_face_folder(tmp_path / "faces", identities=2, per_identity=2, size=96)
     out = tmp_path / "teacher.npz"
     result = CliRunner().invoke(cli, ["teacher", str(root), "--out", str(out), "--json"])
@@ -153,8 +183,8 @@ def test_dlib_teacher_through_the_cli(tmp_path):
 
 
 def test_dlib_teacher_tells_orl_people_apart():
-    pytest.importorskip("dlib", reason="the teacher extra is not installed: pip install -e \".[teacher]\"")
-    from siamese_index.teacher import DlibTeacher
+    pytest.importorskip("dlib", reason='the teacher extra is not installed: pip install -e ".[teacher]"')
+    from siamese_index.training.teacher import DlibTeacher
 
     orl = shared_path("orl_faces")
     teacher = DlibTeacher()

@@ -1,20 +1,19 @@
 """A real short training run on small real image files, and model directories."""
+
 import json
 import os
 
 import h5py
-
 import numpy as np
 import pytest
 
-from siamese_index.datasets import load_dataset
-from siamese_index.embedder import KerasEmbedder
 from siamese_index.errors import InvalidData, ModelError
-from siamese_index.images import Preprocessing
-from siamese_index.modeldir import CONFIG_NAME, read_config
-from siamese_index.training import TrainOptions, evaluate, train
-
-from siamese_index.synthetic import make_identity_folder
+from siamese_index.imaging.loading import Preprocessing
+from siamese_index.imaging.synthetic import make_identity_folder
+from siamese_index.towers.embedder import KerasEmbedder
+from siamese_index.towers.modeldir import CONFIG_NAME, read_config
+from siamese_index.training.datasets import load_dataset
+from siamese_index.training.trainer import TrainOptions, evaluate, train
 
 PREP = Preprocessing(24, 24, 1)
 
@@ -25,8 +24,17 @@ def trained(tmp_path_factory):
     data = load_dataset(root, PREP)
     out = tmp_path_factory.mktemp("models") / "tower"
     epochs = []
-    opts = TrainOptions(arch="seed-conv", epochs=6, seed=0, val_fraction=0.25, identities_per_batch=8,
-                        images_per_identity=4, steps_per_epoch=8, learning_rate=3e-3, augmentation="none")
+    opts = TrainOptions(
+        arch="seed-conv",
+        epochs=6,
+        seed=0,
+        val_fraction=0.25,
+        identities_per_batch=8,
+        images_per_identity=4,
+        steps_per_epoch=8,
+        learning_rate=3e-3,
+        augmentation="none",
+    )
     config = train(data, out, opts, PREP, progress=epochs.append, source=str(root))
     return root, data, out, config, epochs
 
@@ -41,8 +49,19 @@ def test_training_lowers_the_loss(trained):
 def test_model_directory_is_complete(trained):
     _, data, out, config, _ = trained
     saved = json.loads((out / CONFIG_NAME).read_text())
-    for key in ("arch", "input_shape", "embedding_dim", "preprocessing", "margin", "threshold", "threshold_method",
-                "model_id", "metrics", "history", "versions"):
+    for key in (
+        "arch",
+        "input_shape",
+        "embedding_dim",
+        "preprocessing",
+        "margin",
+        "threshold",
+        "threshold_method",
+        "model_id",
+        "metrics",
+        "history",
+        "versions",
+    ):
         assert key in saved, key
     assert saved["model_id"].startswith("seed-conv-")
     assert saved["training"]["val_identities"] == 3
@@ -95,8 +114,16 @@ def test_pairs_mode_with_augmentation_trains(tmp_path):
     root = make_identity_folder(tmp_path / "ids", identities=8, per_identity=4)
     data = load_dataset(root, PREP)
     seen = []
-    opts = TrainOptions(arch="seed-conv", mode="pairs", epochs=2, seed=0, val_fraction=0.25, pairs_per_epoch=256,
-                        steps_per_epoch=3, augmentation="faces")
+    opts = TrainOptions(
+        arch="seed-conv",
+        mode="pairs",
+        epochs=2,
+        seed=0,
+        val_fraction=0.25,
+        pairs_per_epoch=256,
+        steps_per_epoch=3,
+        augmentation="faces",
+    )
     config = train(data, tmp_path / "m", opts, PREP, progress=seen.append)
     assert len(seen) == 2 and config.training["mode"] == "pairs" and config.threshold > 0
 
@@ -104,8 +131,18 @@ def test_pairs_mode_with_augmentation_trains(tmp_path):
 def test_proxy_loss_and_init_from_a_parent(trained, tmp_path):
     root, data, out, config, _ = trained
     seen = []
-    opts = TrainOptions(arch="seed-conv", epochs=3, seed=0, val_fraction=0.25, identities_per_batch=8,
-                        images_per_identity=4, steps_per_epoch=6, learning_rate=1e-3, proxy_weight=1.0, init_from=out)
+    opts = TrainOptions(
+        arch="seed-conv",
+        epochs=3,
+        seed=0,
+        val_fraction=0.25,
+        identities_per_batch=8,
+        images_per_identity=4,
+        steps_per_epoch=6,
+        learning_rate=1e-3,
+        proxy_weight=1.0,
+        init_from=out,
+    )
     child = train(data, tmp_path / "child", opts, PREP, progress=seen.append, source=str(root))
     assert child.training["init_from"] == config.model_id and child.training["proxy_weight"] == 1.0
     # Starting from the parent's weights, the child starts near the parent's validation AUC.
@@ -117,8 +154,18 @@ def test_ema_keeps_the_averaged_weights(trained, tmp_path):
     root, data, out, _, _ = trained
 
     def embeddings(steps, ema=0.0):
-        opts = TrainOptions(arch="seed-conv", epochs=1, seed=0, val_fraction=0.25, identities_per_batch=8,
-                            images_per_identity=4, steps_per_epoch=steps, learning_rate=1e-3, init_from=out, ema=ema)
+        opts = TrainOptions(
+            arch="seed-conv",
+            epochs=1,
+            seed=0,
+            val_fraction=0.25,
+            identities_per_batch=8,
+            images_per_identity=4,
+            steps_per_epoch=steps,
+            learning_rate=1e-3,
+            init_from=out,
+            ema=ema,
+        )
         child = train(data, tmp_path / f"s{steps}e{ema}", opts, PREP, source=str(root))
         assert child.training["ema"] == ema
         return KerasEmbedder(tmp_path / f"s{steps}e{ema}").embed_batch(data.x[:20])
@@ -141,21 +188,30 @@ def test_init_from_a_parent_that_trained_on_the_validation_people_is_refused(tra
     with pytest.raises(InvalidData, match="validation identities"):
         train(data, tmp_path / "leaky2", opts, PREP, source=os.path.relpath(root))
     with pytest.raises(InvalidData, match="does not match"):
-        train(data, tmp_path / "other", TrainOptions(arch="seed-gap", epochs=1, steps_per_epoch=1, init_from=out), PREP,
-              source=str(root))
+        train(
+            data,
+            tmp_path / "other",
+            TrainOptions(arch="seed-gap", epochs=1, steps_per_epoch=1, init_from=out),
+            PREP,
+            source=str(root),
+        )
 
 
 def test_proxy_loss_needs_batch_mode(trained, tmp_path):
     _, data, _, _, _ = trained
     with pytest.raises(InvalidData, match="batch mode"):
-        train(data, tmp_path / "p", TrainOptions(arch="seed-conv", mode="pairs", epochs=1, steps_per_epoch=1,
-                                                 proxy_weight=1.0), PREP)
+        train(
+            data,
+            tmp_path / "p",
+            TrainOptions(arch="seed-conv", mode="pairs", epochs=1, steps_per_epoch=1, proxy_weight=1.0),
+            PREP,
+        )
 
 
 def test_init_accepts_a_parent_with_thousands_of_validation_people(tmp_path):
     # Every validation name is recorded: a parent with more than a few thousand of them is
     # still recognised as having held out this run's validation people (same seed and split).
-    from siamese_index.datasets import Dataset
+    from siamese_index.training.datasets import Dataset
 
     n_ids = 2600
     rng = np.random.default_rng(0)
@@ -165,5 +221,7 @@ def test_init_accepts_a_parent_with_thousands_of_validation_people(tmp_path):
     opts = dict(arch="dense", epochs=1, seed=3, val_fraction=0.8, steps_per_epoch=1)
     parent = train(data, tmp_path / "parent", TrainOptions(**opts), None, source="vectors.npz")
     assert len(parent.training["val_identity_names"]) == parent.training["val_identities"] > 2000
-    child = train(data, tmp_path / "child", TrainOptions(**opts, init_from=tmp_path / "parent"), None, source="vectors.npz")
+    child = train(
+        data, tmp_path / "child", TrainOptions(**opts, init_from=tmp_path / "parent"), None, source="vectors.npz"
+    )
     assert child.training["init_from"] == parent.model_id

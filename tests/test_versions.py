@@ -1,4 +1,5 @@
 """Model versions: re-embedding into a new generation, the atomic switch, rollback, crash safety."""
+
 import multiprocessing as mp
 import os
 import signal
@@ -25,7 +26,7 @@ def towers():
 
 
 def _enrolled_home(home, model, photos, **kw):
-    from siamese_index.index import SiameseIndex
+    from siamese_index.index.facade import SiameseIndex
 
     idx = SiameseIndex.open(home, model=model, **kw)
     for pid, files in photos.items():
@@ -45,13 +46,17 @@ def _vectors_of(home, version) -> dict[int, np.ndarray]:
 
 def _oracle(home, model_dir, version, query) -> dict[str, float]:
     """Per identity: the nearest distance from `query` embedded by model_dir to that version's vectors."""
-    from siamese_index.embedder import KerasEmbedder
+    from siamese_index.towers.embedder import KerasEmbedder
 
     emb = KerasEmbedder(model_dir)
     q = emb.embed_batch(np.stack([emb.prepare(query)[0]]))[0]
     with _db(home) as conn:
-        owner = dict(conn.execute("SELECT images.id, identities.external_id FROM images "
-                                  "JOIN identities ON identities.id = images.identity_id").fetchall())
+        owner = dict(
+            conn.execute(
+                "SELECT images.id, identities.external_id FROM images "
+                "JOIN identities ON identities.id = images.identity_id"
+            ).fetchall()
+        )
     best: dict[str, float] = {}
     for image_id, v in _vectors_of(home, version).items():
         d = float(np.linalg.norm(v - q))
@@ -70,7 +75,7 @@ def _assert_memory_is_active_version(idx):
 
 
 def test_reembed_switch_rollback_and_removal(towers, tmp_path):
-    from siamese_index import versions
+    from siamese_index.lifecycle import versions
 
     a, b = towers
     home = tmp_path / "home"
@@ -106,8 +111,9 @@ def test_reembed_switch_rollback_and_removal(towers, tmp_path):
         image_ids = [im["image_id"] for im in idx.person("P03")["images"]]
         idx.remove("P03")
         with _db(home) as conn:
-            left = conn.execute(f"SELECT COUNT(*) FROM embeddings WHERE image_id IN ({','.join('?' * len(image_ids))})",
-                                image_ids).fetchone()[0]
+            left = conn.execute(
+                f"SELECT COUNT(*) FROM embeddings WHERE image_id IN ({','.join('?' * len(image_ids))})", image_ids
+            ).fetchone()[0]
             assert left == 0
         assert idx.check()["ok"]
     # The foreign key cascades too (a delete that bypasses remove()).
@@ -119,8 +125,8 @@ def test_reembed_switch_rollback_and_removal(towers, tmp_path):
 
 
 def test_lookups_never_mix_two_models_during_activation(towers, tmp_path, monkeypatch):
-    from siamese_index import versions
-    from siamese_index.index import SiameseIndex
+    from siamese_index.index.facade import SiameseIndex
+    from siamese_index.lifecycle import versions
 
     a, b = towers
     home = tmp_path / "home"
@@ -153,8 +159,9 @@ def test_lookups_never_mix_two_models_during_activation(towers, tmp_path, monkey
     oracle = {v_a: _oracle(home, a, v_a, query), v_b: _oracle(home, b, v_b, query)}
     served = []
     for _, ans in answers:
-        fits = [v for v, o in oracle.items()
-                if all(c.id in o and abs(c.distance - o[c.id]) < 1e-4 for c in ans.candidates)]
+        fits = [
+            v for v, o in oracle.items() if all(c.id in o and abs(c.distance - o[c.id]) < 1e-4 for c in ans.candidates)
+        ]
         assert len(fits) == 1, f"an answer matches no single model's vectors: {ans.candidates}"
         served.append(fits[0])
     assert served[0] == v_a and served[-1] == v_b  # the old version answered during the activation
@@ -170,16 +177,16 @@ def test_lookups_never_mix_two_models_during_activation(towers, tmp_path, monkey
 
 def _activate_worker(home, version, marker):
     os.environ["SIAMESE_INDEX_TEST_REEMBED_SLEEP"] = "0.5"
-    from siamese_index import versions
-    from siamese_index.index import SiameseIndex
+    from siamese_index.index.facade import SiameseIndex
+    from siamese_index.lifecycle import versions
 
     idx = SiameseIndex.open(home)
     versions.activate(idx, version, batch_size=4, progress=lambda *a: Path(marker).touch())
 
 
 def test_killed_activation_leaves_the_old_version_serving(towers, tmp_path):
-    from siamese_index import versions
-    from siamese_index.index import SiameseIndex
+    from siamese_index.index.facade import SiameseIndex
+    from siamese_index.lifecycle import versions
 
     a, b = towers
     home = tmp_path / "home"
@@ -213,8 +220,8 @@ def test_killed_activation_leaves_the_old_version_serving(towers, tmp_path):
 
 
 def test_unstored_photos_refuse_unless_dropped(towers, tmp_path):
-    from siamese_index import versions
-    from siamese_index.index import SiameseIndex
+    from siamese_index.index.facade import SiameseIndex
+    from siamese_index.lifecycle import versions
 
     a, b = towers
     home = tmp_path / "home"
@@ -234,15 +241,16 @@ def test_unstored_photos_refuse_unless_dropped(towers, tmp_path):
 
 
 def test_leftovers_of_an_interrupted_retrain_are_removed_on_open(towers, tmp_path):
-    from siamese_index import versions
-    from siamese_index.index import SiameseIndex
+    from siamese_index.index.facade import SiameseIndex
+    from siamese_index.lifecycle import versions
 
     a, _ = towers
     home = tmp_path / "home"
     _enrolled_home(home, a, _photos(tmp_path / "photos", range(2), range(2))).close()
     with SiameseIndex.open(home) as idx:  # as a retrain killed while writing its model directory
-        v = versions.insert_version(idx._db, model_id="seed-conv-deadbeef", dim=50, threshold=0.5,
-                                    parent=idx._mv, scores={})
+        v = versions.insert_version(
+            idx._db, model_id="seed-conv-deadbeef", dim=50, threshold=0.5, parent=idx._mv, scores={}
+        )
     (home / "models" / f".{v}.x1y2").mkdir(parents=True)
     (home / "models" / f".{v}.x1y2" / "config.json").write_text("{")
     with SiameseIndex.open(home) as idx:
@@ -252,10 +260,12 @@ def test_leftovers_of_an_interrupted_retrain_are_removed_on_open(towers, tmp_pat
 
 
 def test_cli_help_does_not_import_tensorflow():
-    code = ("import sys\nfrom click.testing import CliRunner\nfrom cli.main import cli\n"
-            "for args in (['retrain', '--help'], ['models', 'list', '--help'], ['feedback', '--help'], "
-            "['reembed', '--help']):\n"
-            "    r = CliRunner().invoke(cli, args)\n    assert r.exit_code == 0, r.output\n"
-            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n")
+    code = (
+        "import sys\nfrom click.testing import CliRunner\nfrom cli.main import cli\n"
+        "for args in (['retrain', '--help'], ['models', 'list', '--help'], ['feedback', '--help'], "
+        "['reembed', '--help']):\n"
+        "    r = CliRunner().invoke(cli, args)\n    assert r.exit_code == 0, r.output\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
+    )
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)

@@ -12,6 +12,7 @@ cache rebuilt from it. Conventions:
   database from version n-1 to n. Each migration is frozen DDL (never `metadata.create_all`),
   so a database created today and one migrated step by step end up identical.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -20,10 +21,10 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 from sqlalchemy import (
@@ -39,12 +40,14 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
-    exc as sa_exc,
     select,
+)
+from sqlalchemy import (
+    exc as sa_exc,
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from ..errors import Busy, InvalidData
+from siamese_index.errors import Busy, InvalidData
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +56,13 @@ LOCK_NAME = "write.lock"
 BUSY_TIMEOUT_MS = 15_000
 
 
+def home_exists(home) -> bool:
+    """Whether `home` holds an index (its database file), as opposed to an empty or new folder."""
+    return (Path(home) / DB_NAME).is_file()
+
+
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,9 +185,7 @@ schema_version_table = Table(
 # Migrations
 # --------------------------------------------------------------------------------------------
 _SCHEMA_VERSION_DDL = (
-    "CREATE TABLE IF NOT EXISTS schema_version ("
-    " version INTEGER PRIMARY KEY,"
-    " applied_at TEXT NOT NULL)"
+    "CREATE TABLE IF NOT EXISTS schema_version ( version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
 )
 
 _V1 = [
@@ -321,8 +327,10 @@ class WriterLock:
                     os.close(fd)
                     self._thread_lock.release()
                     who = f" (held by process {holder})" if holder else ""
-                    raise Busy(f"another process is writing to this index{who}; gave up after {wait:g}s "
-                               f"waiting for {self.path}") from None
+                    raise Busy(
+                        f"another process is writing to this index{who}; gave up after {wait:g}s "
+                        f"waiting for {self.path}"
+                    ) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.2)
         try:
@@ -345,7 +353,7 @@ class WriterLock:
                 self._fd = None
         self._thread_lock.release()
 
-    def __enter__(self) -> "WriterLock":
+    def __enter__(self) -> WriterLock:
         self.acquire()
         return self
 

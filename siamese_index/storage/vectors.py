@@ -9,21 +9,21 @@ it is rebuilt from SQLite (see `load_or_rebuild`).
 FAISS returns squared L2 distances. `squared_to_l2` is the one place they become plain L2;
 everything above this module sees plain L2 only.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import faiss
 import numpy as np
 
-from ..fsutil import atomic_write
-
-from ..errors import IndexStale
-from .db import now_iso
+from siamese_index.errors import IndexStale
+from siamese_index.storage.db import now_iso
+from siamese_index.storage.durable import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class VectorIndex:
             raise ValueError(f"index dimension {self.index.d} != {self.dim}")
 
     @classmethod
-    def build(cls, dim: int, ids, vectors) -> "VectorIndex":
+    def build(cls, dim: int, ids, vectors) -> VectorIndex:
         vi = cls(dim)
         vi.add(ids, vectors)
         return vi
@@ -123,7 +123,7 @@ class VectorIndex:
         return faiss.serialize_index(self.index).tobytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes, dim: int) -> "VectorIndex":
+    def from_bytes(cls, data: bytes, dim: int) -> VectorIndex:
         try:
             index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         except RuntimeError as e:
@@ -155,7 +155,7 @@ class VectorIndex:
         return stamp
 
     @classmethod
-    def load(cls, path: Path, dim: int) -> tuple["VectorIndex", dict]:
+    def load(cls, path: Path, dim: int) -> tuple[VectorIndex, dict]:
         """Load a saved index and check it against its own stamp. Raises IndexStale saying why."""
         path = Path(path)
         if not path.is_file():

@@ -1,0 +1,1 @@
+"""Batch deduplication of image collections: scan, describe, search, group, report, quarantine."""

@@ -1,0 +1,1 @@
+"""SiameseIndex, the facade over one home, and its collaborators."""

@@ -1,0 +1,1 @@
+"""Model versions of a home: activate, rollback, re-embed, retrain, feedback, thresholds."""

@@ -1,0 +1,1 @@
+"""Tower architectures, losses, model directories and the embedder that runs a tower."""
