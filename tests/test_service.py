@@ -449,6 +449,7 @@ def test_readiness_while_loading(tmp_path, monkeypatch):
     from siamese_index.index.facade import SiameseIndex
     from siamese_index.service import app as service
     from siamese_index.service.keys import KeyStore
+    from siamese_index.service.state import ServiceState
     from tests.conftest import FakeEmbedder, write_identity_image
 
     idx = SiameseIndex.open(tmp_path / "home", embedder=FakeEmbedder())
@@ -456,13 +457,13 @@ def test_readiness_while_loading(tmp_path, monkeypatch):
     with KeyStore.open(tmp_path / "home") as store:
         _, key = store.create("read")
     gate = threading.Event()
-    original = service._State.load
+    original = ServiceState.load
 
     def gated(self):
         gate.wait(30)
         original(self)
 
-    monkeypatch.setattr(service._State, "load", gated)
+    monkeypatch.setattr(ServiceState, "load", gated)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(service.create_app(idx), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -28,7 +28,7 @@ from sqlalchemy import insert, select, update
 
 from siamese_index.config import resolve_home
 from siamese_index.errors import InvalidData, NotFound
-from siamese_index.storage.db import DB_NAME, LOCK_NAME, Database, api_keys, now_iso
+from siamese_index.storage.db import DB_NAME, LOCK_NAME, Database, api_keys, home_exists, now_iso
 
 ROLES = ("read", "admin")
 KEY_PREFIX = "sik_"
@@ -76,7 +76,7 @@ class KeyStore:
     def open(cls, home=None, lock_timeout: float = 10.0) -> KeyStore:
         """The key store of an existing home (config.resolve_home). Raises NotFound when there is none."""
         home = resolve_home(home)
-        if not (home / DB_NAME).is_file():
+        if not home_exists(home):
             raise NotFound(
                 f"no siamese-index home at {home}: create it first (siamese-index enroll ..., "
                 f"or siamese-index serve --home {home}), or pass the right --home"
