@@ -199,8 +199,7 @@ def fill(home: Path, target_images: int, seed: int = 0) -> int:
 
 
 def build_home(home: Path, model: Path, size: int, photos: Path) -> dict:
-    from siamese_index.index.facade import SiameseIndex
-    from siamese_index.service.keys import KeyStore
+    from siamese_index import KeyStore, SiameseIndex
 
     t0 = time.monotonic()
     with SiameseIndex.open(home, model=model) as idx:

@@ -120,3 +120,20 @@ def test_help_imports_neither_tensorflow_nor_the_web_framework():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_keys_settings_batcher_and_state_import_no_web_framework():
+    """Only the service modules that must import FastAPI/Starlette do: the KeyStore (used by the
+    CLI), the settings, the batcher and the state do not."""
+    code = (
+        "import sys\n"
+        "import siamese_index.service.keys, siamese_index.service.settings\n"
+        "import siamese_index.service.batcher, siamese_index.service.state\n"
+        "from siamese_index.service.keys import KeyStore\n"
+        "bad = [m for m in ('fastapi', 'starlette', 'pydantic', 'uvicorn', 'tensorflow') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+        "import siamese_index.service.app\n"
+        "assert 'fastapi' in sys.modules  # the check above can fail\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

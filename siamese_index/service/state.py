@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from siamese_index import home_exists
 from siamese_index.config import resolve_home
 from siamese_index.errors import Busy, InvalidData, SiameseIndexError
 from siamese_index.service.batcher import LookupBatcher, Thresholds, set_faiss_threads
 from siamese_index.service.keys import KeyStore
 from siamese_index.service.settings import ServiceSettings
-from siamese_index.storage.db import home_exists
 
 if TYPE_CHECKING:
     from siamese_index import SiameseIndex
