@@ -135,13 +135,11 @@ def serve(host, port, workers, max_upload_mb, max_batch, lock_timeout, model, lo
     The CLI can enroll and remove people in the same home while it runs.
     """
     quiet_tensorflow()
-    import logging
     import os
 
     import uvicorn
 
-    from siamese_index import KeyStore, ServiceSettings, create_app, home_exists
-    from siamese_index.config import resolve_home
+    from siamese_index import ServiceSettings, create_app
 
     settings = ServiceSettings.from_env(
         home=home,
@@ -150,25 +148,8 @@ def serve(host, port, workers, max_upload_mb, max_batch, lock_timeout, model, lo
         max_batch=max_batch,
         lock_timeout=lock_timeout,
     )
-    where = resolve_home(settings.home)
-    if home_exists(where):
-        with KeyStore.open(where) as store:
-            if not store.has_keys():
-                warn(
-                    f"no active API key for {where}: create one with `siamese-index keys create --role read"
-                    f"{' --home ' + str(home) if home else ''}`"
-                )
-    else:
-        warn(f"{where} is a new home; it is created with the model when the service starts")
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        warn(f"binding {host}: the service is reachable from other machines (keys travel in clear; put TLS in front)")
-    library_log = logging.getLogger("siamese_index")  # the library's own messages, like uvicorn's
-    if not library_log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
-        library_log.addHandler(handler)
-        library_log.setLevel(log_level.upper())
-        library_log.propagate = False
+    where = _warn_before_serving(settings, home, host)
+    _show_library_log(log_level)
     click.echo(f"serving {where} on http://{host}:{port} (docs: /docs; health: /v1/health)", err=True)
     if workers == 1:
         uvicorn.run(create_app(settings=settings), host=host, port=port, log_level=log_level)
@@ -182,6 +163,39 @@ def serve(host, port, workers, max_upload_mb, max_batch, lock_timeout, model, lo
             workers=workers,
             log_level=log_level,
         )
+
+
+def _warn_before_serving(settings, home, host) -> Path:
+    """Warn about a home without keys, a new home, or a non-loopback address; returns the home."""
+    from siamese_index import KeyStore, home_exists
+    from siamese_index.config import resolve_home
+
+    where = resolve_home(settings.home)
+    if home_exists(where):
+        with KeyStore.open(where) as store:
+            if not store.has_keys():
+                warn(
+                    f"no active API key for {where}: create one with `siamese-index keys create --role read"
+                    f"{' --home ' + str(home) if home else ''}`"
+                )
+    else:
+        warn(f"{where} is a new home; it is created with the model when the service starts")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        warn(f"binding {host}: the service is reachable from other machines (keys travel in clear; put TLS in front)")
+    return where
+
+
+def _show_library_log(level: str) -> None:
+    """Print the library's own log messages like uvicorn's (the library never configures logging)."""
+    import logging
+
+    library_log = logging.getLogger("siamese_index")
+    if not library_log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        library_log.addHandler(handler)
+        library_log.setLevel(level.upper())
+        library_log.propagate = False
 
 
 COMMANDS = [keys, serve]
