@@ -49,8 +49,8 @@ max(threshold_min_interval, 4 x its last duration). /v1/status shows the operati
 The parts, one job each: settings.py (ServiceSettings), keys.py (the KeyStore), batcher.py (the
 lookup batcher and the threshold), state.py (loading and readiness), auth.py (key checks),
 uploads.py (size caps), handlers.py (errors -> status codes), schemas.py (the response models,
-the result types themselves where there is one), docs.py (the /docs page), routes/ (one router
-per concern). This module assembles them. Only the modules that need it import FastAPI.
+the result types themselves where there is one), docs.py (the /docs page), routes_*.py (one router
+per concern: service, lookups, identities). This module assembles them. Only the modules that need it import FastAPI.
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI
 
 from siamese_index import __version__
+from siamese_index.service import routes_identities, routes_lookups, routes_service
 from siamese_index.service.handlers import install_error_handlers
-from siamese_index.service.routes import identities, lookups, service
 from siamese_index.service.settings import API_KEY_HEADER, ServiceSettings
 from siamese_index.service.state import ServiceState
 from siamese_index.service.uploads import BodyLimit
@@ -108,7 +108,7 @@ def create_app(
     app.state.siamese = state
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     install_error_handlers(app, settings)
-    for routes in (service, lookups, identities):
+    for routes in (routes_service, routes_lookups, routes_identities):
         app.include_router(routes.router)
     return app
 
