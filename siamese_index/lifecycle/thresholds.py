@@ -17,10 +17,8 @@ from pathlib import Path
 from sqlalchemy import update
 
 from siamese_index.errors import InvalidData, ModelMismatch
-from siamese_index.lifecycle.versions import resolve_version
 from siamese_index.storage.db import model_versions, now_iso
-
-SET_KEY = "threshold_set"
+from siamese_index.storage.registry import SET_KEY, resolve_version
 
 
 def set_calibration(idx, ref="active", *, model_dir=None, threshold: float | None = None) -> dict:
@@ -85,8 +83,3 @@ def set_calibration(idx, ref="active", *, model_dir=None, threshold: float | Non
         "threshold_method": new["threshold_method"],
         "source": new["source"],
     }
-
-
-def set_stamp(row) -> str | None:
-    """When the version's threshold was last set here (None: it follows its config.json)."""
-    return (json.loads(row.scores or "{}").get(SET_KEY) or {}).get("set_at")
