@@ -27,7 +27,7 @@ def set_calibration(idx, ref="active", *, model_dir=None, threshold: float | Non
     impostor table stays, being a property of the weights). Returns what changed."""
     if (model_dir is None) == (threshold is None):
         raise InvalidData("give either a recalibrated model directory or a threshold")
-    idx._check_open()
+    idx.ensure_open()
     if model_dir is not None:
         from siamese_index.towers.modeldir import read_config
 
@@ -38,9 +38,9 @@ def set_calibration(idx, ref="active", *, model_dir=None, threshold: float | Non
         threshold = float(threshold)
         if not math.isfinite(threshold) or threshold <= 0:
             raise InvalidData(f"threshold must be a positive distance, got {threshold}")
-    with idx._db.write() as txn:
+    with idx.db.write() as txn:
         row = resolve_version(txn.conn, ref)
-        current = idx._recorded_info(row, idx.home)
+        current = idx.recorded_info(row)
         if model_dir is not None:
             if cfg.model_id != row.model_id:
                 raise ModelMismatch(

@@ -114,8 +114,8 @@ def _embedding_counts(conn) -> dict[int, int]:
 def list_versions(idx) -> list[dict]:
     """Every model version of the home, oldest first, with its state (active, kept: served
     before and still has its vectors, candidate: never served), parent and vector count."""
-    idx._check_open()
-    with idx._db.read() as conn:
+    idx.ensure_open()
+    with idx.db.read() as conn:
         rows = conn.execute(select(model_versions).order_by(model_versions.c.id)).all()
         counts = _embedding_counts(conn)
     return [_describe(r, idx.home, counts.get(int(r.id), 0)) for r in rows]
@@ -124,8 +124,8 @@ def list_versions(idx) -> list[dict]:
 def show_version(idx, ref="active") -> dict:
     """One version in full: list_versions()'s fields plus its scores (retrain comparison,
     calibration) and whether its model directory is intact."""
-    idx._check_open()
-    with idx._db.read() as conn:
+    idx.ensure_open()
+    with idx.db.read() as conn:
         row = resolve_version(conn, ref)
         n = conn.execute(
             select(func.count()).select_from(embeddings).where(embeddings.c.model_version == row.id)
@@ -146,13 +146,13 @@ def register_model_dir(idx, model_dir, scores: dict | None = None) -> tuple[int,
     from siamese_index.towers.embedder import KerasEmbedder
     from siamese_index.towers.modeldir import read_config
 
-    idx._check_open()
+    idx.ensure_open()
     src = Path(model_dir)
     cfg = read_config(src)
     if cfg.preprocessing is None:
         raise ModelError(f"{src}: a vector model; an index needs a model that embeds images")
     emb = KerasEmbedder(src)  # checks the weights against the config's model id
-    with idx._db.read() as conn:
+    with idx.db.read() as conn:
         known = conn.execute(select(model_versions).where(model_versions.c.model_id == emb.model_id)).first()
         active = conn.execute(select(model_versions).where(model_versions.c.active == 1)).one()
     if known is not None:
@@ -165,7 +165,7 @@ def register_model_dir(idx, model_dir, scores: dict | None = None) -> tuple[int,
     info.update(scores or {})
     with holding_version_lock(idx.home):
         vid = insert_version(
-            idx._db, model_id=emb.model_id, dim=emb.dim, threshold=cfg.threshold, parent=int(active.id), scores=info
+            idx.db, model_id=emb.model_id, dim=emb.dim, threshold=cfg.threshold, parent=int(active.id), scores=info
         )
         models = idx.home / MODELS_DIR_NAME
         models.mkdir(mode=0o700, exist_ok=True)
@@ -264,7 +264,7 @@ def _embed_rows(idx, get_emb, rows) -> tuple[list[int], np.ndarray, dict[int, st
             continue
         ids.append(int(r.id))
         arrays.append(arr)
-    return ids, idx._embed(arrays, emb), failed
+    return ids, idx.embed(arrays, emb), failed
 
 
 def _write_vectors(conn, version: int, ids: list[int], vecs: np.ndarray) -> int:
@@ -325,8 +325,8 @@ def activate(
     "seconds"}. Raises Busy when another retrain or activation runs, InvalidData when
     images cannot be re-embedded (see drop_unstored), ModelError when the version cannot embed.
     """
-    idx._check_open()
-    db = idx._db
+    idx.ensure_open()
+    db = idx.db
     started = time.perf_counter()
     with holding_version_lock(idx.home):
         with db.read() as conn:
@@ -405,7 +405,7 @@ def activate(
                     report["embedded"] += report["caught_up"]
                     if unusable:
                         gone = conn.execute(select(images).where(images.c.id.in_(list(unusable)))).all()
-                        unlink = idx._delete_images(conn, gone)
+                        unlink = idx.delete_images(conn, gone)
                         report["dropped"] = [
                             {"image_id": int(i), "id": who, "source_name": name, "reason": why}
                             for i, (who, name, why) in unusable.items()
@@ -433,13 +433,12 @@ def activate(
                     )
                 # Committed: the new version serves. Rebuild and save FAISS before others write.
                 try:
-                    idx._after_switch(loaded[0])
+                    idx.switch_embedder(loaded[0])
                 except Exception:  # noqa: BLE001 - SQLite is committed; the cache is rebuilt on next use
                     log.exception("loading the new version's FAISS index failed; it is rebuilt on next use")
-                    with idx._lock:
-                        idx._vectors, idx._synced = None, -1
+                    idx.drop_cache()
                 if unlink:
-                    idx._unlink_after_commit(unlink)
+                    idx.unlink_after_commit(unlink)
         except BaseException:
             if not target.active and target.activated_at is None:
                 _discard_candidate_vectors(db, vid)
@@ -452,7 +451,7 @@ def activate(
 def rollback(idx, **kwargs) -> dict:
     """Serve the active version's parent again (its vectors were kept: only photos enrolled since
     the switch are embedded). Same keywords and result as activate()."""
-    with idx._db.read() as conn:
+    with idx.db.read() as conn:
         active = conn.execute(select(model_versions).where(model_versions.c.active == 1)).one()
     if active.parent is None:
         raise InvalidData(f"model version {active.id} ({active.model_id}) has no parent to roll back to")
