@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 from sqlalchemy import Connection, insert, select, update
 
-from siamese_index.errors import Busy, InvalidData, InvalidImage
+from siamese_index.errors import Busy, InvalidData, InvalidImage, NotFound
 from siamese_index.imaging.loading import is_image_file
 from siamese_index.imaging.sources import Source, as_list, read_source
 from siamese_index.index.cache import VectorCache
 from siamese_index.index.search import IdentitySearch
 from siamese_index.index.served import ServedModel
 from siamese_index.storage.copies import PENDING_NAME, recover_pending_copies, store_copy, unlink_copy, write_pending
-from siamese_index.storage.db import Database, embeddings, identities, images, now_iso, vector_blob
+from siamese_index.storage.db import Database, embeddings, identities, images, inserted_id, now_iso, vector_blob
 from siamese_index.types import EnrollResult
 
 log = logging.getLogger(__name__)
@@ -295,7 +295,7 @@ class Enrollment:
         now = now_iso()
         row = conn.execute(select(identities).where(identities.c.external_id == req.external_id)).first()
         if row is None:
-            return int(
+            return inserted_id(
                 conn.execute(
                     insert(identities).values(
                         external_id=req.external_id,
@@ -304,7 +304,7 @@ class Enrollment:
                         created_at=now,
                         updated_at=now,
                     )
-                ).inserted_primary_key[0]
+                )
             )
         changes = {}
         if req.name is not None and req.name != row.name:
@@ -357,7 +357,7 @@ class Enrollment:
             stored, created = store_copy(self.home, src)
             if created:
                 created_files.append(self.home / stored)
-        image_id = int(
+        image_id = inserted_id(
             conn.execute(
                 insert(images).values(
                     identity_id=pk,
@@ -369,7 +369,7 @@ class Enrollment:
                     stored_path=stored,
                     created_at=now,
                 )
-            ).inserted_primary_key[0]
+            )
         )
         conn.execute(
             insert(embeddings).values(
@@ -395,8 +395,6 @@ class Enrollment:
         self, root: Any, progress: Callable[[int, int, str], None] | None = None, allow_no_face: bool = False
     ) -> list[EnrollResult]:
         """See SiameseIndex.enroll_dir."""
-        from siamese_index.errors import NotFound
-
         root = Path(root)
         if not root.is_dir():
             raise NotFound(f"{root}: no such folder")

@@ -277,7 +277,7 @@ class SiameseIndex:
         model directory's config.json, else the record."""
         return recorded_info(row, self.home)
 
-    def delete_images(self, conn: Connection, rows: list) -> list[Path]:
+    def delete_images(self, conn: Connection, rows: Sequence[Any]) -> list[Path]:
         """Inside the caller's write transaction: delete image rows and their embeddings; returns
         the stored copies to pass to unlink_after_commit() once it committed."""
         return self._people.delete_images(conn, rows)
@@ -386,7 +386,7 @@ class SiameseIndex:
     def people(self) -> list[Person]:
         """Every enrolled identity with its image count, ordered by id."""
         self._check_open()
-        return self._people.list()
+        return self._people.everyone()
 
     def person(self, external_id: str) -> PersonDetails:
         """One identity: id, name, meta, created, updated and its images (image_id, source_name,

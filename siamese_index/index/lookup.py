@@ -167,10 +167,11 @@ class Lookup:
         margin: float | None,
     ) -> list[Identification]:
         """One Identification per query in order: the unusable ones carry their error."""
+        t: float | None
         if answered:
             t = answered[0].threshold
         else:
-            t = float(threshold) if threshold is not None else self.operating_point(margin=margin).threshold  # type: ignore[assignment]
+            t = float(threshold) if threshold is not None else self.operating_point(margin=margin).threshold
         answers, warn_iter = iter(answered), iter(warnings)
         out = []
         for pos, label in enumerate(labels):

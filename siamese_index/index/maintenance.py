@@ -13,7 +13,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,7 +209,7 @@ class Maintenance:
             checked=Checked(len(img_rows), len(emb_rows), len(referenced)),
         )
 
-    def _check_embeddings(self, f: _Findings, emb_rows: list, img_rows: list) -> None:
+    def _check_embeddings(self, f: _Findings, emb_rows: Sequence[Any], img_rows: Sequence[Any]) -> None:
         dim = self._served.dim
         f.bad_emb = [r.image_id for r in emb_rows if blob_vector(r.vector, dim) is None]
         for i in f.bad_emb:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,7 @@ class People:
         self._cache = cache
 
     # -- reading -------------------------------------------------------------------------------
-    def list(self) -> list[Person]:
+    def everyone(self) -> list[Person]:
         """Every enrolled identity with its image count, ordered by id."""
         with self._db.read() as conn:
             rows = conn.execute(
@@ -107,9 +108,9 @@ class People:
                     update(identities).where(identities.c.id == row.id).values(name=name, updated_at=now_iso())
                 )
             self._cache.after_write(txn)
-        return next(p for p in self.list() if p.id == external_id)
+        return next(p for p in self.everyone() if p.id == external_id)
 
-    def delete_images(self, conn: Connection, rows: list) -> list[Path]:
+    def delete_images(self, conn: Connection, rows: Sequence[Any]) -> list[Path]:
         """Delete image rows and their embeddings (inside the caller's write transaction); return
         the stored copies no other row references, to unlink once committed."""
         ids = [r.id for r in rows]

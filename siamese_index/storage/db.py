@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from filelock import FileLock, Timeout
@@ -109,6 +110,14 @@ model_versions = Table(
     Column("scores", Text, nullable=False),  # JSON: calibration and evaluation figures
     Column("activated_at", Text),  # last activation; NULL = never served (its embeddings are leftovers)
 )
+
+
+def inserted_id(result: Any) -> int:
+    """The primary key an INSERT of one row gave it."""
+    key = result.inserted_primary_key
+    if key is None:
+        raise RuntimeError("the INSERT returned no primary key")
+    return int(key[0])
 
 
 def in_chunks(seq, n: int = 500):
@@ -443,7 +452,7 @@ class Database:
 
     @classmethod
     def get_counter(cls, conn: Connection) -> int:
-        return int(cls.get_meta(conn, "change_counter", "0"))
+        return int(cls.get_meta(conn, "change_counter") or 0)
 
     def change_counter(self) -> int:
         """The current change counter: one indexed SELECT (what refresh() polls)."""
@@ -460,7 +469,7 @@ class Database:
         ).first()
         if not exists:
             return 0
-        return int(conn.exec_driver_sql("SELECT COALESCE(MAX(version), 0) FROM schema_version").scalar())
+        return int(conn.exec_driver_sql("SELECT COALESCE(MAX(version), 0) FROM schema_version").scalar() or 0)
 
     def migrate(self) -> list[int]:
         """Bring the schema to SCHEMA_VERSION; returns the versions applied (empty if current)."""

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, insert, select, update
 
 from siamese_index.errors import Busy, InvalidData, NotFound
-from siamese_index.storage.db import Database, WriterLock, embeddings, model_versions, now_iso
+from siamese_index.storage.db import Database, WriterLock, embeddings, inserted_id, model_versions, now_iso
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def insert_version(
     with db.write(bump=False) as txn:
         if txn.conn.execute(select(model_versions.c.id).where(model_versions.c.model_id == model_id)).first():
             raise InvalidData(f"model {model_id} is already a version of this home")
-        vid = int(
+        vid = inserted_id(
             txn.conn.execute(
                 insert(model_versions).values(
                     model_id=model_id,
@@ -129,7 +129,7 @@ def insert_version(
                     activated_at=None,
                     scores=json.dumps(scores),
                 )
-            ).inserted_primary_key[0]
+            )
         )
         txn.conn.execute(
             update(model_versions).where(model_versions.c.id == vid).values(model_dir=f"{MODELS_DIR_NAME}/{vid}")
