@@ -7,27 +7,28 @@ dict they were before, for callers not yet moved to attributes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
-class _DictView:
-    """Read-only dict-style access to a result dataclass's to_dict() (`r["ok"]`, `**r`)."""
+class _DictView(Mapping[str, Any]):
+    """Read-only dict-style access to a result dataclass's to_dict() (`r["ok"]`, `**r`, and
+    validation as a dict by pydantic), for callers written against the dict results."""
 
     def to_dict(self) -> dict:
         from siamese_index.jsonable import to_jsonable
 
         return to_jsonable(self)
 
-    def keys(self) -> Iterator[str]:
-        return iter(self.to_dict())
-
     def __getitem__(self, key: str) -> Any:
         return self.to_dict()[key]
 
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.to_dict().get(key, default)
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
 
 
 @dataclass(frozen=True)

@@ -541,3 +541,47 @@ def test_writers_wait_for_the_lock_but_readers_never_do(home, make_image):
             other_process.release()
         assert [p.id for p in idx.people()] == ["P1"]
         assert idx.enroll("P2", [make_image(2, 0)])[0].status == "added"
+
+
+def test_an_injected_near_duplicate_check_warns_and_never_fails_an_enrollment(home, fake_embedder, make_image):
+    seen = []
+
+    def check(h, new, others):
+        seen.append((Path(h), [label for label, _data, _sha in new], sorted(o.external_id for o in others)))
+        return [["injected warning"] for _ in new]
+
+    with SiameseIndex.open(home, embedder=fake_embedder, near_duplicates=check) as idx:
+        [first] = idx.enroll("A", [make_image(1, 0)])
+        [second] = idx.enroll("B", [make_image(2, 0)])
+        assert "injected warning" in first.warnings and "injected warning" in second.warnings
+        assert seen[1][0] == idx.home and seen[1][2] == ["A"]  # checked against OTHER ids only
+
+    def broken(h, new, others):
+        raise RuntimeError("checker down")
+
+    with SiameseIndex.open(home, embedder=fake_embedder, near_duplicates=broken) as idx:
+        [r] = idx.enroll("C", [make_image(3, 0)])
+        assert r.status == "added" and not any("injected" in w for w in r.warnings)
+
+
+def test_results_are_typed_and_serialise_with_the_old_keys(index, make_image):
+    from siamese_index.jsonable import to_jsonable
+    from siamese_index.types import CheckReport, ImageRecord, PersonDetails, Status
+
+    index.enroll("P1", [make_image(1, 0)], name="Ada")
+    p = index.person("P1")
+    assert isinstance(p, PersonDetails) and isinstance(p.images[0], ImageRecord) and p.name == "Ada"
+    assert to_jsonable(p) == p.to_dict() and set(p.to_dict()["images"][0]) == {
+        "image_id", "source_name", "sha256", "width", "height", "bytes", "stored_path", "created",
+    }  # fmt: skip
+    st = index.status()
+    assert isinstance(st, Status) and st.model.model_id == index.model_id and st.counts.images == 1
+    assert st["counts"]["images"] == 1 and {**st}["keep_images"] is True  # the dict view for old callers
+    report = index.check()
+    assert isinstance(report, CheckReport) and report.ok and report.checked.images == 1
+
+
+def test_the_storage_layer_does_not_need_fcntl():
+    import siamese_index.storage.db as db_module
+
+    assert "fcntl" not in vars(db_module)
