@@ -252,18 +252,18 @@ def people_show(person_id, home, as_json):
     with open_index(home, sync=False) as index:
         info = index.person(person_id)
     if as_json:
-        emit_json(info)
+        emit_json(info.to_dict())
         return
-    meta = ", ".join(f"{k}={v}" for k, v in info["meta"].items()) or "-"
-    click.echo(f"id:       {info['id']}")
-    click.echo(f"name:     {info['name'] or '-'}")
+    meta = ", ".join(f"{k}={v}" for k, v in info.meta.items()) or "-"
+    click.echo(f"id:       {info.id}")
+    click.echo(f"name:     {info.name or '-'}")
     click.echo(f"meta:     {meta}")
-    click.echo(f"created:  {info['created']}")
-    click.echo(f"updated:  {info['updated']}")
-    click.echo(f"photos:   {len(info['images'])}")
-    for img in info["images"]:
-        stored = "" if img.get("stored_path") else "  (no stored copy)"
-        click.echo(f"  {img['image_id']:>5}  {str(img['sha256'])[:12]}  {img['source_name']}{stored}")
+    click.echo(f"created:  {info.created}")
+    click.echo(f"updated:  {info.updated}")
+    click.echo(f"photos:   {len(info.images)}")
+    for img in info.images:
+        stored = "" if img.stored_path else "  (no stored copy)"
+        click.echo(f"  {img.image_id:>5}  {img.sha256[:12]}  {img.source_name}{stored}")
 
 
 @people.command("rename")
@@ -292,11 +292,11 @@ def people_remove(person_id, home, as_json):
     with open_index(home) as index:
         out = index.remove(person_id)
     if as_json:
-        emit_json(out)
+        emit_json(out.to_dict())
         return
     click.echo(
-        f"removed {out['id']}: {_plural(out['images'], 'photo')}, "
-        f"{_plural(out['files_deleted'], 'stored copy', 'stored copies')} deleted"
+        f"removed {out.id}: {_plural(out.images, 'photo')}, "
+        f"{_plural(out.files_deleted, 'stored copy', 'stored copies')} deleted"
     )
 
 
@@ -311,11 +311,10 @@ def people_remove_image(person_id, image, home, as_json):
     with open_index(home) as index:
         out = index.remove_image(person_id, image)
     if as_json:
-        emit_json(out)
+        emit_json(out.to_dict())
         return
     click.echo(
-        f"removed image {out['image_id']} ({out['source_name']}) of {out['id']}; "
-        f"{_plural(out['remaining_images'], 'photo')} left"
+        f"removed image {out.image_id} ({out.source_name}) of {out.id}; {_plural(out.remaining_images, 'photo')} left"
     )
 
 
@@ -330,11 +329,11 @@ def people_merge(person_id, into_id, home, as_json):
     with open_index(home) as index:
         out = index.merge(person_id, into_id)
     if as_json:
-        emit_json(out)
+        emit_json(out.to_dict())
         return
     click.echo(
-        f"merged {out['id']} into {out['into']}: {_plural(out['moved'], 'photo')} moved, "
-        f"{_plural(out['duplicates_dropped'], 'duplicate')} dropped"
+        f"merged {out.id} into {out.into}: {_plural(out.moved, 'photo')} moved, "
+        f"{_plural(out.duplicates_dropped, 'duplicate')} dropped"
     )
 
 
@@ -349,17 +348,17 @@ def backup(path, home, as_json):
     The copy is itself a home: open it with --home PATH."""
     with open_index(home, sync=False) as index:
         out = index.backup(path)
-    if out.get("missing_images"):
+    if out.missing_images:
         warn(
-            f"{_plural(out['missing_images'], 'stored photo copy', 'stored photo copies')} "
+            f"{_plural(out.missing_images, 'stored photo copy', 'stored photo copies')} "
             f"were missing and are not in the backup"
         )
     if as_json:
-        emit_json(out)
+        emit_json(out.to_dict())
         return
     click.echo(
-        f"backed up {_plural(out['identities'], 'person', 'people')}, {_plural(out['images'], 'photo')} "
-        f"({out['stored_images']} stored copies, {human_bytes(out['bytes'])}) to {out['path']}"
+        f"backed up {_plural(out.identities, 'person', 'people')}, {_plural(out.images, 'photo')} "
+        f"({out.stored_images} stored copies, {human_bytes(out.bytes)}) to {out.path}"
     )
 
 
@@ -372,44 +371,42 @@ def status(home, as_json):
     with open_index(home) as index:
         info = index.status()
     if as_json:
-        emit_json(info)
+        emit_json(info.to_dict())
         return
-    m, c, ix, op, cons = info["model"], info["counts"], info["index"], info["operating_point"], info["consistency"]
-    sync = ix.get("last_sync") or {}
+    for key, value in _status_lines(info):
+        click.echo(f"{key + (':' if key else ''):13}{value}")
+    for p in info.consistency.problems:
+        click.echo(f"  - {p}")
+
+
+def _status_lines(info) -> list[tuple[str, str]]:
+    """status's human output: (label, text) lines."""
+    m, c, ix, op, cons = info.model, info.counts, info.index, info.operating_point, info.consistency
+    sync = ix.last_sync or {}
     loaded = (
         ("rebuilt from SQLite: " + str(sync.get("reason")))
         if sync.get("source") == "rebuilt"
         else "loaded from its file"
     )
-    lines = [
-        (
-            "home",
-            f"{info['home']} (schema {info['schema_version']}, photo copies {'kept' if info['keep_images'] else 'not kept'})",
-        ),
-        ("model", f"{m['model_id']} (embedding size {m['dim']}) from {m['model_dir'] or 'an injected embedder'}"),
-        (
-            "people",
-            f"{c['identities']} ({c['images']} photos, {c['embeddings']} embeddings, {c['stored_images']} stored copies)",
-        ),
-        ("index", f"{ix['vectors']} vectors, generation {ix['generation']}; {loaded}"),
+    copies = "kept" if info.keep_images else "not kept"
+    return [
+        ("home", f"{info.home} (schema {info.schema_version}, photo copies {copies})"),
+        ("model", f"{m.model_id} (embedding size {m.dim}) from {m.model_dir or 'an injected embedder'}"),
+        ("people", f"{c.identities} ({c.images} photos, {c.embeddings} embeddings, {c.stored_images} stored copies)"),
+        ("index", f"{ix.vectors} vectors, generation {ix.generation}; {loaded}"),
         (
             "identify",
-            f"threshold {fmt(op['threshold'], 4)} for {op['gallery_size']} people (target: "
-            f"{op['target_far'] * 100:g}% of strangers wrongly accepted"
-            + (f", margin {op['margin']:g})" if op["margin"] else ")"),
+            f"threshold {fmt(op.threshold, 4)} for {op.gallery_size} people (target: "
+            f"{op.target_far * 100:g}% of strangers wrongly accepted"
+            + (f", margin {op.margin:g})" if op.margin else ")"),
         ),
-        ("", op["method"]),
+        ("", op.method),
         (
             "verify",
-            f"pair threshold {fmt(m['threshold'], 4)}"
-            + (f" ({m['threshold_method']})" if m.get("threshold_method") else ""),
+            f"pair threshold {fmt(m.threshold, 4)}" + (f" ({m.threshold_method})" if m.threshold_method else ""),
         ),
-        ("consistency", "ok" if cons["ok"] else f"{_plural(len(cons['problems']), 'problem')} (run check)"),
+        ("consistency", "ok" if cons.ok else f"{_plural(len(cons.problems), 'problem')} (run check)"),
     ]
-    for key, value in lines:
-        click.echo(f"{key + (':' if key else ''):13}{value}")
-    for p in cons["problems"]:
-        click.echo(f"  - {p}")
 
 
 @click.command(epilog="Exit status 1 when problems are found and not (all) repaired.")
@@ -425,27 +422,31 @@ def check(repair, home, as_json):
     with open_index(home, sync=False) as index:
         report = index.check(repair=repair)
     if as_json:
-        emit_json(report)
+        emit_json(report.to_dict())
     else:
-        n = report["checked"]
-        click.echo(
-            f"checked {_plural(n['images'], 'photo')}, {_plural(n['embeddings'], 'embedding')}, "
-            f"{_plural(n['stored_files'], 'stored copy', 'stored copies')}"
-        )
-        for p in report["problems"]:
-            click.echo(f"problem: {p['kind']}: {p['detail']}")
-        for r in report["repaired"]:
-            click.echo(f"repaired: {r}")
-        if report["ok"]:
-            click.echo("ok")
-        elif repair:
-            for u in report["unrepaired"]:
-                click.echo(f"not repaired: {u}")
-            click.echo("repaired" if not report["unrepaired"] else "some problems need a person (see above)")
-        else:
-            click.echo(f"{_plural(len(report['problems']), 'problem')} found; run check --repair to fix them")
-    if report["unrepaired"]:
+        _print_check(report, repair)
+    if report.unrepaired:
         _exit(1)
+
+
+def _print_check(report, repair: bool) -> None:
+    n = report.checked
+    click.echo(
+        f"checked {_plural(n.images, 'photo')}, {_plural(n.embeddings, 'embedding')}, "
+        f"{_plural(n.stored_files, 'stored copy', 'stored copies')}"
+    )
+    for p in report.problems:
+        click.echo(f"problem: {p.kind}: {p.detail}")
+    for r in report.repaired:
+        click.echo(f"repaired: {r}")
+    if report.ok:
+        click.echo("ok")
+    elif repair:
+        for u in report.unrepaired:
+            click.echo(f"not repaired: {u}")
+        click.echo("repaired" if not report.unrepaired else "some problems need a person (see above)")
+    else:
+        click.echo(f"{_plural(len(report.problems), 'problem')} found; run check --repair to fix them")
 
 
 COMMANDS = [enroll, enroll_dir, identify, verify, people, backup, status, check]

@@ -12,6 +12,7 @@ import pytest
 from siamese_index.errors import InvalidData, InvalidImage, ModelMismatch, NotFound
 from siamese_index.index.facade import SiameseIndex
 from siamese_index.storage.vectors import VectorIndex, stamp_path
+from siamese_index.types import Consistency, Merged, Removed
 from tests.conftest import FakeEmbedder, write_identity_image
 
 
@@ -265,7 +266,7 @@ def test_remove_leaves_nothing(index, make_image):
     ids = [i["image_id"] for i in secret["images"]]
     assert all(f.is_file() for f in files)
     out = index.remove("ZQX-SECRET-77")
-    assert out == {"id": "ZQX-SECRET-77", "images": 2, "files_deleted": 2}
+    assert out == Removed(id="ZQX-SECRET-77", images=2, files_deleted=2)
     assert not any(f.exists() for f in files) and not any(f.parent.exists() for f in files)
     assert _db_rows(index.home) == {"identities": 2, "images": 4, "embeddings": 4}
     assert not np.isin(ids, VectorIndex.load(index.home / "index.faiss", 16)[0].ids()).any()
@@ -300,7 +301,7 @@ def test_merge(index, make_image):
     index.enroll("A", [shared, make_image(1, 1)], name="Ada", meta={"dept": "R&D"})
     index.enroll("B", [shared, make_image(1, 2)], meta={"badge": 7, "dept": "old"})
     out = index.merge("B", "A")
-    assert out == {"id": "B", "into": "A", "moved": 1, "duplicates_dropped": 1}
+    assert out == Merged(id="B", into="A", moved=1, duplicates_dropped=1)
     a = index.person("A")
     assert len(a["images"]) == 3 and a["name"] == "Ada" and a["meta"] == {"dept": "R&D", "badge": 7}
     assert [p.id for p in index.people()] == ["A"]
@@ -323,7 +324,7 @@ def test_refresh_sees_other_writers_and_stale_hits_are_dropped(index, make_image
         assert not reader.refresh()  # nothing changed since
         index.remove("P5")
         reader.refresh = lambda: False  # a reader that has not caught up yet
-        assert 4 == reader._vectors.ntotal
+        assert 4 == reader.vectors.ntotal
         [r] = reader.identify([make_image(5, 3)])
         assert "P5" not in [c.id for c in r.candidates]  # every hit is joined back to SQLite
     finally:
@@ -337,13 +338,13 @@ def test_a_long_lived_reader_applies_other_writers_changes_incrementally(index, 
         assert reader.identify([make_image(1, 3)])[0].match.id == "P1"
         _enroll_people(index, make_image, [3])
         assert reader.identify([make_image(3, 3)])[0].match.id == "P3"
-        assert reader._sync_info["source"] == "incremental" and reader._sync_info["added"] == 2
+        assert reader.last_sync["source"] == "incremental" and reader.last_sync["added"] == 2
         index.remove("P1")
         [r] = reader.identify([make_image(1, 3)])
         assert "P1" not in [c.id for c in r.candidates]
-        assert reader._sync_info == {"source": "incremental", "added": 0, "removed": 2}
-        ids, vecs = index._vectors.vectors()
-        rids, rvecs = reader._vectors.vectors()
+        assert reader.last_sync == {"source": "incremental", "added": 0, "removed": 2}
+        ids, vecs = index.vectors.vectors()
+        rids, rvecs = reader.vectors.vectors()
         assert sorted(ids.tolist()) == sorted(rids.tolist())  # the same index as the writer's
     finally:
         reader.close()
@@ -354,14 +355,14 @@ def test_status(index, make_image):
     _enroll_people(index, make_image, range(3))
     st = index.status()
     assert st["model"]["model_id"] == "fake-1" and st["model"]["dim"] == 16
-    assert st["counts"] == {
+    assert st.counts.to_dict() == {
         "identities": 3,
         "identities_with_images": 3,
         "images": 6,
         "embeddings": 6,
         "stored_images": 6,
     }
-    assert st["index"]["stamp"]["count"] == 6 and st["consistency"] == {"ok": True, "problems": []}
+    assert st["index"]["stamp"]["count"] == 6 and st.consistency == Consistency(ok=True, problems=())
     op = st["operating_point"]
     assert op["gallery_size"] == 3 and op["threshold"] == 0.5 and "no impostor table" in op["method"]
 
@@ -443,7 +444,7 @@ def test_concurrent_enrolls_from_two_processes(home, make_image):
 
 # -- crash safety, options, calibration in the facade --------------------------------------------
 def test_failure_inside_the_write_leaves_nothing(index, make_image, monkeypatch):
-    import siamese_index.index.facade as index_module
+    import siamese_index.index.enrollment as index_module  # where enrollment writes the embedding
 
     index.enroll("P1", [make_image(1, 0)])
     rows, counter = _db_rows(index.home), index.status()["change_counter"]
@@ -540,3 +541,47 @@ def test_writers_wait_for_the_lock_but_readers_never_do(home, make_image):
             other_process.release()
         assert [p.id for p in idx.people()] == ["P1"]
         assert idx.enroll("P2", [make_image(2, 0)])[0].status == "added"
+
+
+def test_an_injected_near_duplicate_check_warns_and_never_fails_an_enrollment(home, fake_embedder, make_image):
+    seen = []
+
+    def check(h, new, others):
+        seen.append((Path(h), [label for label, _data, _sha in new], sorted(o.external_id for o in others)))
+        return [["injected warning"] for _ in new]
+
+    with SiameseIndex.open(home, embedder=fake_embedder, near_duplicates=check) as idx:
+        [first] = idx.enroll("A", [make_image(1, 0)])
+        [second] = idx.enroll("B", [make_image(2, 0)])
+        assert "injected warning" in first.warnings and "injected warning" in second.warnings
+        assert seen[1][0] == idx.home and seen[1][2] == ["A"]  # checked against OTHER ids only
+
+    def broken(h, new, others):
+        raise RuntimeError("checker down")
+
+    with SiameseIndex.open(home, embedder=fake_embedder, near_duplicates=broken) as idx:
+        [r] = idx.enroll("C", [make_image(3, 0)])
+        assert r.status == "added" and not any("injected" in w for w in r.warnings)
+
+
+def test_results_are_typed_and_serialise_with_the_old_keys(index, make_image):
+    from siamese_index.jsonable import to_jsonable
+    from siamese_index.types import CheckReport, ImageRecord, PersonDetails, Status
+
+    index.enroll("P1", [make_image(1, 0)], name="Ada")
+    p = index.person("P1")
+    assert isinstance(p, PersonDetails) and isinstance(p.images[0], ImageRecord) and p.name == "Ada"
+    assert to_jsonable(p) == p.to_dict() and set(p.to_dict()["images"][0]) == {
+        "image_id", "source_name", "sha256", "width", "height", "bytes", "stored_path", "created",
+    }  # fmt: skip
+    st = index.status()
+    assert isinstance(st, Status) and st.model.model_id == index.model_id and st.counts.images == 1
+    assert st["counts"]["images"] == 1 and {**st}["keep_images"] is True  # the dict view for old callers
+    report = index.check()
+    assert isinstance(report, CheckReport) and report.ok and report.checked.images == 1
+
+
+def test_the_storage_layer_does_not_need_fcntl():
+    import siamese_index.storage.db as db_module
+
+    assert "fcntl" not in vars(db_module)

@@ -24,26 +24,13 @@ farther than the best. Pure numpy; no TensorFlow, no FAISS.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from siamese_index.types import OperatingPoint
+
 DEFAULT_TARGET_FAR = 0.01
 MIN_GALLERY_FOR_EMPIRICAL = 30
-
-
-@dataclass(frozen=True)
-class OperatingPoint:
-    """The threshold used to call a query known, and how it was obtained (for users to read)."""
-
-    threshold: float | None
-    method: str
-    gallery_size: int
-    target_far: float
-    margin: float = 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def per_pair_far(target_far: float, gallery_size: int) -> float:

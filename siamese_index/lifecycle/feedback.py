@@ -29,17 +29,17 @@ def record(idx, query, *, is_id: str | None = None, is_not: str | None = None) -
     that version's pair threshold already gave the recorded answer (None when unknown)."""
     from siamese_index.imaging.sources import read_source
 
-    idx._check_open()
+    idx.ensure_open()
     if (is_id is None) == (is_not is None):
         raise InvalidData("give exactly one of --is ID (the query shows this person) or --is-not ID (it does not)")
     external_id, label = (is_id, 1) if is_id is not None else (is_not, 0)
     src = read_source(query)
     if len(src.data) > MAX_QUERY_BYTES:
         raise InvalidData(f"{src.label}: {len(src.data)} bytes; feedback keeps query photos up to {MAX_QUERY_BYTES}")
-    mv, embedder = idx._model_snapshot()
-    arr, _ = idx._prepare(src, strict_face=False, embedder=embedder)  # readable by the model, or InvalidImage
-    vec = idx._embed([arr], embedder)[0]
-    with idx._db.read() as conn:
+    mv, embedder = idx.model_snapshot()
+    arr, _ = idx.prepare(src, strict_face=False, embedder=embedder)  # readable by the model, or InvalidImage
+    vec = idx.embed([arr], embedder)[0]
+    with idx.db.read() as conn:
         ident = conn.execute(select(identities).where(identities.c.external_id == external_id)).first()
         if ident is None:
             raise NotFound(f"no enrolled identity {external_id!r}")
@@ -54,7 +54,7 @@ def record(idx, query, *, is_id: str | None = None, is_not: str | None = None) -
         )
     vecs = [v for v in (blob_vector(b, len(vec)) for b in blobs) if v is not None]
     distance = float(min(np.linalg.norm(v - vec) for v in vecs)) if vecs else None
-    with idx._db.write(bump=False) as txn:  # nothing a lookup reads changes
+    with idx.db.write(bump=False) as txn:  # nothing a lookup reads changes
         conn = txn.conn
         ident = conn.execute(select(identities).where(identities.c.external_id == external_id)).first()
         if ident is None:
@@ -100,8 +100,8 @@ def record(idx, query, *, is_id: str | None = None, is_not: str | None = None) -
 
 def list_feedback(idx) -> list[dict]:
     """Every recorded correction (without the photos), oldest first."""
-    idx._check_open()
-    with idx._db.read() as conn:
+    idx.ensure_open()
+    with idx.db.read() as conn:
         rows = conn.execute(
             select(
                 feedback.c.id,

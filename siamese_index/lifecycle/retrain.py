@@ -211,7 +211,7 @@ def _stored_photos(idx, ps: PairSet, conn, warn_prefix: str) -> dict[str, list[s
 def add_enrolled_pairs(idx, ps: PairSet, per_identity: int, seed: int) -> None:
     """Genuine pairs among each person's stored photos (up to per_identity), as many impostors."""
     rng = np.random.default_rng(seed)
-    with idx._db.read() as conn:
+    with idx.db.read() as conn:
         people = _stored_photos(idx, ps, conn, "--from-enrolled")
     for keys in people.values():  # photos of one enrolled person are one identity
         for k in keys[1:]:
@@ -239,7 +239,7 @@ def add_enrolled_pairs(idx, ps: PairSet, per_identity: int, seed: int) -> None:
 
 def add_feedback_pairs(idx, ps: PairSet, per_query: int) -> None:
     """Each correction: the query photo with up to per_query stored photos of the person."""
-    with idx._db.read() as conn:
+    with idx.db.read() as conn:
         rows = conn.execute(
             select(
                 feedback.c.id, feedback.c.label, feedback.c.query_image, feedback.c.query_name, identities.c.external_id
@@ -434,10 +434,10 @@ def retrain(
         raise InvalidData("nothing to learn from: give a pairs CSV, --from-enrolled or --from-feedback")
     if opts.epochs < 1 or opts.learning_rate <= 0 or not 0 < opts.holdout_fraction < 1:
         raise InvalidData("epochs must be >= 1, learning rate > 0 and the held-out share between 0 and 1")
-    idx._check_open()
+    idx.ensure_open()
     started = time.perf_counter()
     with holding_version_lock(idx.home):
-        with idx._db.read() as conn:
+        with idx.db.read() as conn:
             parent = conn.execute(select(model_versions).where(model_versions.c.active == 1)).one()
         parent_dir = model_path(idx.home, parent.model_dir)
         if parent_dir is None or not (parent_dir / "config.json").is_file():
@@ -652,7 +652,7 @@ def retrain(
             "threshold_method": threshold_method,
         }
         vid = insert_version(
-            idx._db,
+            idx.db,
             model_id=model_id,
             dim=int(cfg.embedding_dim),
             threshold=float(threshold),

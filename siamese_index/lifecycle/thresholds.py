@@ -17,10 +17,8 @@ from pathlib import Path
 from sqlalchemy import update
 
 from siamese_index.errors import InvalidData, ModelMismatch
-from siamese_index.lifecycle.versions import resolve_version
 from siamese_index.storage.db import model_versions, now_iso
-
-SET_KEY = "threshold_set"
+from siamese_index.storage.registry import SET_KEY, resolve_version
 
 
 def set_calibration(idx, ref="active", *, model_dir=None, threshold: float | None = None) -> dict:
@@ -29,7 +27,7 @@ def set_calibration(idx, ref="active", *, model_dir=None, threshold: float | Non
     impostor table stays, being a property of the weights). Returns what changed."""
     if (model_dir is None) == (threshold is None):
         raise InvalidData("give either a recalibrated model directory or a threshold")
-    idx._check_open()
+    idx.ensure_open()
     if model_dir is not None:
         from siamese_index.towers.modeldir import read_config
 
@@ -40,9 +38,9 @@ def set_calibration(idx, ref="active", *, model_dir=None, threshold: float | Non
         threshold = float(threshold)
         if not math.isfinite(threshold) or threshold <= 0:
             raise InvalidData(f"threshold must be a positive distance, got {threshold}")
-    with idx._db.write() as txn:
+    with idx.db.write() as txn:
         row = resolve_version(txn.conn, ref)
-        current = idx._recorded_info(row, idx.home)
+        current = idx.recorded_info(row)
         if model_dir is not None:
             if cfg.model_id != row.model_id:
                 raise ModelMismatch(
@@ -85,8 +83,3 @@ def set_calibration(idx, ref="active", *, model_dir=None, threshold: float | Non
         "threshold_method": new["threshold_method"],
         "source": new["source"],
     }
-
-
-def set_stamp(row) -> str | None:
-    """When the version's threshold was last set here (None: it follows its config.json)."""
-    return (json.loads(row.scores or "{}").get(SET_KEY) or {}).get("set_at")

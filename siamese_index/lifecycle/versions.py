@@ -36,20 +36,17 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import exists, func, insert, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from siamese_index.errors import Busy, InvalidData, InvalidImage, ModelError, ModelMismatch, NotFound
+from siamese_index.errors import InvalidData, InvalidImage, ModelError, ModelMismatch
 from siamese_index.storage.db import (
     Database,
-    WriterLock,
     embeddings,
     identities,
     images,
@@ -57,56 +54,26 @@ from siamese_index.storage.db import (
     now_iso,
     vector_blob,
 )
+from siamese_index.storage.registry import (  # noqa: F401 - re-exported: retrain and thresholds use them
+    MODELS_DIR_NAME,
+    cleanup_leftovers,
+    holding_version_lock,
+    insert_version,
+    model_path,
+    resolve_version,
+    version_lock,
+)
 
 log = logging.getLogger(__name__)
 
-VERSION_LOCK = "version.lock"
-MODELS_DIR_NAME = "models"
 REEMBED_BATCH = 64
 CATCH_UP_UNDER_LOCK = 32  # at most this many images left: embed them under the writer lock and switch
 SLEEP_ENV = "SIAMESE_INDEX_TEST_REEMBED_SLEEP"  # test hook: seconds to pause after each re-embedded batch
-
-_locks: dict[str, WriterLock] = {}
-_locks_guard = threading.Lock()
-
-
-# ---------------------------------------------------------------------------------------------
-# The version lock: one retrain or activation per home at a time
-# ---------------------------------------------------------------------------------------------
-def version_lock(home) -> WriterLock:
-    """The process-wide lock object of HOME/version.lock (re-entrant within one thread)."""
-    key = str(Path(home).resolve())
-    with _locks_guard:
-        lock = _locks.get(key)
-        if lock is None:
-            lock = _locks[key] = WriterLock(Path(home) / VERSION_LOCK, timeout=0)
-        return lock
-
-
-@contextmanager
-def holding_version_lock(home):
-    lock = version_lock(home)
-    try:
-        lock.acquire(timeout=0)
-    except Busy:
-        raise Busy(f"another retrain or model activation is running on {home}; let it finish first") from None
-    try:
-        yield lock
-    finally:
-        lock.release()
 
 
 # ---------------------------------------------------------------------------------------------
 # Reading versions
 # ---------------------------------------------------------------------------------------------
-def model_path(home: Path, model_dir) -> Path | None:
-    """A recorded model directory: absolute, or (a version kept in the home) relative to it."""
-    if not model_dir:
-        return None
-    p = Path(model_dir)
-    return p if p.is_absolute() else Path(home) / p
-
-
 def _state(row) -> str:
     if row.active:
         return "active"
@@ -147,48 +114,18 @@ def _embedding_counts(conn) -> dict[int, int]:
 def list_versions(idx) -> list[dict]:
     """Every model version of the home, oldest first, with its state (active, kept: served
     before and still has its vectors, candidate: never served), parent and vector count."""
-    idx._check_open()
-    with idx._db.read() as conn:
+    idx.ensure_open()
+    with idx.db.read() as conn:
         rows = conn.execute(select(model_versions).order_by(model_versions.c.id)).all()
         counts = _embedding_counts(conn)
     return [_describe(r, idx.home, counts.get(int(r.id), 0)) for r in rows]
 
 
-def resolve_version(conn, ref):
-    """A version row from a reference: its number, 'active', 'parent' (of the active one), or a
-    model id (or a unique prefix of at least 6 characters)."""
-    text = str(ref).strip()
-    active = conn.execute(select(model_versions).where(model_versions.c.active == 1)).first()
-    if text in ("active", "current"):
-        if active is None:
-            raise NotFound("this home has no active model version")
-        return active
-    if text in ("parent", "previous"):
-        if active is None or active.parent is None:
-            raise NotFound("the active model version has no parent")
-        text = str(active.parent)
-    if text.isdigit():
-        row = conn.execute(select(model_versions).where(model_versions.c.id == int(text))).first()
-        if row is None:
-            raise NotFound(f"no model version {text} (see `models list`)")
-        return row
-    rows = conn.execute(select(model_versions)).all()
-    exact = [r for r in rows if r.model_id == text]
-    if exact:
-        return exact[0]
-    pref = [r for r in rows if len(text) >= 6 and r.model_id.startswith(text)]
-    if len(pref) == 1:
-        return pref[0]
-    if len(pref) > 1:
-        raise InvalidData(f"{text!r} matches {len(pref)} model versions; give the version number")
-    raise NotFound(f"no model version {text!r} (give a version number or model id; see `models list`)")
-
-
 def show_version(idx, ref="active") -> dict:
     """One version in full: list_versions()'s fields plus its scores (retrain comparison,
     calibration) and whether its model directory is intact."""
-    idx._check_open()
-    with idx._db.read() as conn:
+    idx.ensure_open()
+    with idx.db.read() as conn:
         row = resolve_version(conn, ref)
         n = conn.execute(
             select(func.count()).select_from(embeddings).where(embeddings.c.model_version == row.id)
@@ -203,49 +140,19 @@ def show_version(idx, ref="active") -> dict:
 # ---------------------------------------------------------------------------------------------
 # Registering a new version (a copy of its model directory kept in the home)
 # ---------------------------------------------------------------------------------------------
-def insert_version(
-    db: Database, *, model_id: str, dim: int, threshold: float | None, parent: int | None, scores: dict
-) -> int:
-    """Record a never-served version whose directory will be HOME/models/<version> (the caller
-    holds the version lock and writes the directory next; cleanup_leftovers() removes the row if
-    that never happens)."""
-    with db.write(bump=False) as txn:
-        if txn.conn.execute(select(model_versions.c.id).where(model_versions.c.model_id == model_id)).first():
-            raise InvalidData(f"model {model_id} is already a version of this home")
-        vid = int(
-            txn.conn.execute(
-                insert(model_versions).values(
-                    model_id=model_id,
-                    model_dir=None,
-                    dim=int(dim),
-                    threshold=threshold,
-                    parent=parent,
-                    created_at=now_iso(),
-                    active=0,
-                    activated_at=None,
-                    scores=json.dumps(scores),
-                )
-            ).inserted_primary_key[0]
-        )
-        txn.conn.execute(
-            update(model_versions).where(model_versions.c.id == vid).values(model_dir=f"{MODELS_DIR_NAME}/{vid}")
-        )
-    return vid
-
-
 def register_model_dir(idx, model_dir, scores: dict | None = None) -> tuple[int, bool]:
     """Make a model directory a version of this home (copied to HOME/models/<version>, parent:
     the active version). Returns (version, created); a model already known returns its version."""
     from siamese_index.towers.embedder import KerasEmbedder
     from siamese_index.towers.modeldir import read_config
 
-    idx._check_open()
+    idx.ensure_open()
     src = Path(model_dir)
     cfg = read_config(src)
     if cfg.preprocessing is None:
         raise ModelError(f"{src}: a vector model; an index needs a model that embeds images")
     emb = KerasEmbedder(src)  # checks the weights against the config's model id
-    with idx._db.read() as conn:
+    with idx.db.read() as conn:
         known = conn.execute(select(model_versions).where(model_versions.c.model_id == emb.model_id)).first()
         active = conn.execute(select(model_versions).where(model_versions.c.active == 1)).one()
     if known is not None:
@@ -258,7 +165,7 @@ def register_model_dir(idx, model_dir, scores: dict | None = None) -> tuple[int,
     info.update(scores or {})
     with holding_version_lock(idx.home):
         vid = insert_version(
-            idx._db, model_id=emb.model_id, dim=emb.dim, threshold=cfg.threshold, parent=int(active.id), scores=info
+            idx.db, model_id=emb.model_id, dim=emb.dim, threshold=cfg.threshold, parent=int(active.id), scores=info
         )
         models = idx.home / MODELS_DIR_NAME
         models.mkdir(mode=0o700, exist_ok=True)
@@ -357,7 +264,7 @@ def _embed_rows(idx, get_emb, rows) -> tuple[list[int], np.ndarray, dict[int, st
             continue
         ids.append(int(r.id))
         arrays.append(arr)
-    return ids, idx._embed(arrays, emb), failed
+    return ids, idx.embed(arrays, emb), failed
 
 
 def _write_vectors(conn, version: int, ids: list[int], vecs: np.ndarray) -> int:
@@ -418,8 +325,8 @@ def activate(
     "seconds"}. Raises Busy when another retrain or activation runs, InvalidData when
     images cannot be re-embedded (see drop_unstored), ModelError when the version cannot embed.
     """
-    idx._check_open()
-    db = idx._db
+    idx.ensure_open()
+    db = idx.db
     started = time.perf_counter()
     with holding_version_lock(idx.home):
         with db.read() as conn:
@@ -498,7 +405,7 @@ def activate(
                     report["embedded"] += report["caught_up"]
                     if unusable:
                         gone = conn.execute(select(images).where(images.c.id.in_(list(unusable)))).all()
-                        unlink = idx._delete_images(conn, gone)
+                        unlink = idx.delete_images(conn, gone)
                         report["dropped"] = [
                             {"image_id": int(i), "id": who, "source_name": name, "reason": why}
                             for i, (who, name, why) in unusable.items()
@@ -526,13 +433,12 @@ def activate(
                     )
                 # Committed: the new version serves. Rebuild and save FAISS before others write.
                 try:
-                    idx._after_switch(loaded[0])
+                    idx.switch_embedder(loaded[0])
                 except Exception:  # noqa: BLE001 - SQLite is committed; the cache is rebuilt on next use
                     log.exception("loading the new version's FAISS index failed; it is rebuilt on next use")
-                    with idx._lock:
-                        idx._vectors, idx._synced = None, -1
+                    idx.drop_cache()
                 if unlink:
-                    idx._unlink_after_commit(unlink)
+                    idx.unlink_after_commit(unlink)
         except BaseException:
             if not target.active and target.activated_at is None:
                 _discard_candidate_vectors(db, vid)
@@ -545,7 +451,7 @@ def activate(
 def rollback(idx, **kwargs) -> dict:
     """Serve the active version's parent again (its vectors were kept: only photos enrolled since
     the switch are embedded). Same keywords and result as activate()."""
-    with idx._db.read() as conn:
+    with idx.db.read() as conn:
         active = conn.execute(select(model_versions).where(model_versions.c.active == 1)).one()
     if active.parent is None:
         raise InvalidData(f"model version {active.id} ({active.model_id}) has no parent to roll back to")
@@ -559,73 +465,3 @@ def reembed(idx, model_dir, **kwargs) -> dict:
     report = activate(idx, vid, **kwargs)
     report["registered"] = created
     return report
-
-
-# ---------------------------------------------------------------------------------------------
-# Leftovers of an interrupted retrain or activation
-# ---------------------------------------------------------------------------------------------
-def _dir_ok(p: Path | None) -> bool:
-    return p is not None and (p / "config.json").is_file() and (p / "model.weights.h5").is_file()
-
-
-def _find_leftovers(db: Database, home: Path) -> tuple[list[int], list[int], list[Path]]:
-    with db.read() as conn:
-        rows = conn.execute(select(model_versions)).all()
-        never = [r for r in rows if not r.active and r.activated_at is None]
-        with_vectors = [
-            int(r.id)
-            for r in never
-            if conn.execute(select(embeddings.c.image_id).where(embeddings.c.model_version == r.id).limit(1)).first()
-        ]
-    broken = [int(r.id) for r in never if not _dir_ok(model_path(home, r.model_dir))]
-    referenced = {Path(r.model_dir).name for r in rows if r.model_dir and not Path(r.model_dir).is_absolute()}
-    stray = []
-    models = home / MODELS_DIR_NAME
-    if models.is_dir():
-        for p in models.iterdir():
-            if p.name.startswith(".") or (p.name.isdigit() and p.name not in referenced):
-                stray.append(p)
-    return with_vectors, broken, stray
-
-
-def cleanup_leftovers(db: Database, home) -> list[str]:
-    """Remove what an interrupted retrain or activation left: embeddings of versions that never
-    served, version rows whose model directory was never completely written, temporary or
-    unreferenced directories under HOME/models. Skipped (returns []) while a retrain or
-    activation holds the version lock or a writer is busy. Returns what it did."""
-    home = Path(home)
-    with_vectors, broken, stray = _find_leftovers(db, home)
-    if not (with_vectors or broken or stray):
-        return []
-    lock = version_lock(home)
-    if lock.held:
-        return []
-    try:
-        lock.acquire(timeout=0)
-    except Busy:
-        return []
-    done: list[str] = []
-    try:
-        with_vectors, broken, stray = _find_leftovers(db, home)  # again, under the lock
-        try:
-            with db.write(lock_timeout=0, bump=False) as txn:
-                for v in sorted(set(with_vectors) | set(broken)):
-                    n = txn.conn.execute(embeddings.delete().where(embeddings.c.model_version == v)).rowcount
-                    if n:
-                        done.append(f"deleted {n} embeddings of model version {v}, which never served")
-                for v in broken:
-                    txn.conn.execute(
-                        model_versions.delete().where(model_versions.c.id == v, model_versions.c.active == 0)
-                    )
-                    done.append(f"deleted model version {v}, whose model directory was never completely written")
-        except Busy:
-            return []
-        stray += [home / MODELS_DIR_NAME / str(v) for v in broken if (home / MODELS_DIR_NAME / str(v)).exists()]
-        for p in stray:
-            shutil.rmtree(p, ignore_errors=True)
-            done.append(f"deleted the leftover model directory {p.name}")
-    finally:
-        lock.release()
-    for line in done:
-        log.info("cleanup after an interrupted retrain or activation: %s", line)
-    return done

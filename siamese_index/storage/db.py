@@ -3,7 +3,7 @@
 SQLite is the source of truth. It holds every identity, image and embedding; the FAISS file is a
 cache rebuilt from it. Conventions:
 
-- One writer at a time across processes: `WriterLock` (fcntl.flock on a lock file in the home)
+- One writer at a time across processes: `WriterLock` (a `filelock` lock on a file in the home)
   around every write transaction, which itself starts with BEGIN IMMEDIATE. Readers use plain
   (deferred) transactions and, thanks to WAL, never block and never see half a write.
 - Every write transaction increments meta.change_counter, so a long-lived reader can notice
@@ -15,18 +15,17 @@ cache rebuilt from it. Conventions:
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from filelock import FileLock, Timeout
 from sqlalchemy import (
     Column,
     Connection,
@@ -111,6 +110,14 @@ model_versions = Table(
     Column("scores", Text, nullable=False),  # JSON: calibration and evaluation figures
     Column("activated_at", Text),  # last activation; NULL = never served (its embeddings are leftovers)
 )
+
+
+def inserted_id(result: Any) -> int:
+    """The primary key an INSERT of one row gave it."""
+    key = result.inserted_primary_key
+    if key is None:
+        raise RuntimeError("the INSERT returned no primary key")
+    return int(key[0])
 
 
 def in_chunks(seq, n: int = 500):
@@ -281,17 +288,21 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # The cross-process writer lock
 # --------------------------------------------------------------------------------------------
 class WriterLock:
-    """An exclusive flock on a file, re-entrant within one thread, shared safely between threads.
+    """An exclusive lock on a file, re-entrant within one thread, shared safely between threads.
 
-    flock locks belong to an open file description, so two WriterLock objects on the same path
-    exclude each other even inside one process. Waits up to `timeout` seconds, then raises Busy.
+    The file lock is the `filelock` package's (flock on POSIX, msvcrt.locking on Windows), so the
+    library imports and locks on every platform. Each WriterLock holds its own open file, so two
+    WriterLock objects on the same path exclude each other even inside one process. Waits up to
+    `timeout` seconds, then raises Busy.
     """
 
     def __init__(self, path: Path, timeout: float = 60.0):
         self.path = Path(path)
         self.timeout = float(timeout)
         self._thread_lock = threading.RLock()
-        self._fd: int | None = None
+        # thread_local=False: our RLock already keeps other threads out; the file lock is then
+        # owned by this object, and preserve_lock_file keeps the path stable for waiters.
+        self._file_lock = FileLock(self.path, mode=0o600, thread_local=False, preserve_lock_file=True)
         self._depth = 0
 
     @property
@@ -307,57 +318,32 @@ class WriterLock:
             self._depth += 1
             return
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError:
+            self._file_lock.acquire(timeout=max(wait, 0.0), poll_interval=0.01)
+        except Timeout:
+            self._thread_lock.release()
+            raise Busy(
+                f"another process is writing to this index; gave up after {wait:g}s waiting for {self.path}"
+            ) from None
+        except BaseException:
             self._thread_lock.release()
             raise
-        deadline = time.monotonic() + max(wait, 0.0)
-        delay = 0.01
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = ""
-                    try:
-                        holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
-                    except OSError:
-                        pass
-                    os.close(fd)
-                    self._thread_lock.release()
-                    who = f" (held by process {holder})" if holder else ""
-                    raise Busy(
-                        f"another process is writing to this index{who}; gave up after {wait:g}s "
-                        f"waiting for {self.path}"
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.2)
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
-        except OSError:
-            pass
-        self._fd = fd
         self._depth = 1
 
     def release(self) -> None:
         if self._depth <= 0:
             raise RuntimeError("WriterLock released more often than acquired")
         self._depth -= 1
-        if self._depth == 0 and self._fd is not None:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-            finally:
-                os.close(self._fd)
-                self._fd = None
-        self._thread_lock.release()
+        try:
+            if self._depth == 0:
+                self._file_lock.release()
+        finally:
+            self._thread_lock.release()
 
     def __enter__(self) -> WriterLock:
         self.acquire()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 
@@ -466,7 +452,7 @@ class Database:
 
     @classmethod
     def get_counter(cls, conn: Connection) -> int:
-        return int(cls.get_meta(conn, "change_counter", "0"))
+        return int(cls.get_meta(conn, "change_counter") or 0)
 
     def change_counter(self) -> int:
         """The current change counter: one indexed SELECT (what refresh() polls)."""
@@ -483,7 +469,7 @@ class Database:
         ).first()
         if not exists:
             return 0
-        return int(conn.exec_driver_sql("SELECT COALESCE(MAX(version), 0) FROM schema_version").scalar())
+        return int(conn.exec_driver_sql("SELECT COALESCE(MAX(version), 0) FROM schema_version").scalar() or 0)
 
     def migrate(self) -> list[int]:
         """Bring the schema to SCHEMA_VERSION; returns the versions applied (empty if current)."""
