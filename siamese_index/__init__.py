@@ -49,6 +49,7 @@ _LAZY = {
     "list_feedback": "siamese_index.lifecycle.feedback:list_feedback",
     # deduplication
     "dedup": "siamese_index.duplicates.pipeline:dedup",
+    "enrolled_near_duplicates": "siamese_index.duplicates.pipeline:enrolled_near_duplicates",
     "write_dedup_report": "siamese_index.duplicates.pipeline:write_report",
     "move_duplicates": "siamese_index.duplicates.quarantine:move_duplicates",
     "delete_duplicates": "siamese_index.duplicates.quarantine:delete_duplicates",
