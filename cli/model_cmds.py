@@ -332,27 +332,29 @@ def evaluate(
     if pairs_file is not None:
         rows = read_pairs_file(pairs_file, pairs_root or data_dir)
     report = run_evaluate(embedder, data, seed=seed, cap_per_identity=cap, pair_rows=rows, n_way=n_way, tasks=tasks)
-    report["model"] = str(embedder.model_dir)
-    if plot and "_pairs" in report:
-        from siamese_index import plot_roc as roc_and_histograms
+    pairs = report.pairs
+    if plot and pairs is not None:
+        from siamese_index import plot_roc
 
-        roc_and_histograms(*report["_pairs"], embedder.threshold, plot)
-    if pairs_figure and data is not None and "_pair_index" in report:
-        from siamese_index import plot_pairs as pairs_grid
+        plot_roc(pairs.distances, pairs.labels, embedder.threshold, plot)
+    if pairs_figure and data is not None and pairs is not None and pairs.rows_a is not None:
+        from siamese_index import plot_pairs
 
-        a, b = report["_pair_index"]
-        d, y = report["_pairs"]
-        pairs_grid(data.x, a, b, d, y, embedder.threshold, pairs_figure)
+        plot_pairs(data.x, pairs.rows_a, pairs.rows_b, pairs.distances, pairs.labels, embedder.threshold, pairs_figure)
+    _print_evaluation({**report.to_dict(), "model": str(embedder.model_dir)}, as_json)
+
+
+def _print_evaluation(report: dict, as_json: bool) -> None:
     if as_json:
         emit_json(report)
         return
     for item in report.get("skipped", []):
         warn(f"skipped {item['path']}: {item['reason']}")
     v = report.get("verification")
-    click.echo(f"model {report['model']} ({report['model_id']}), threshold {fmt(report['threshold'], 4)}")
+    click.echo(f"model {report['model']} ({report['model_id']}), pair threshold {fmt(report['threshold'], 4)}")
     if v:
         click.echo(f"verification on {v['pairs']} {v['source']}:")
-        click.echo(f"  accuracy at the model's threshold  {fmt(v['accuracy'])}")
+        click.echo(f"  accuracy at the model's pair threshold  {fmt(v['accuracy'])}")
         click.echo(
             f"  best accuracy over all thresholds  {fmt(v['best_accuracy'])}  (optimistic: threshold {fmt(v['best_threshold'], 4)} chosen on these pairs)"
         )
@@ -409,23 +411,24 @@ def calibrate(data_dirs, model, out, include, exclude, held_out, seed, cap, over
     directory is written with the same weights (and model id) and the new threshold.
     """
     quiet_tensorflow()
-    from siamese_index import CalibrationSet, KerasEmbedder, load_dataset, same_source
+    from siamese_index import KerasEmbedder, load_calibration_sets
     from siamese_index import calibrate as run_calibrate
     from siamese_index.config import resolve_model_dir
 
     embedder = KerasEmbedder(resolve_model_dir(model))
-    source = embedder.config.training.get("source")
-    if held_out and not any(same_source(source, str(d)) for d in data_dirs):
-        raise click.UsageError(f"--held-out: none of the folders is the one {embedder.model_dir} trained on ({source})")
-    sets = []
-    for data_dir in data_dirs:
-        keep = tuple(include)
-        if held_out and same_source(source, str(data_dir)):
-            keep += _held_out_patterns(embedder)
-        data = load_dataset(data_dir, embedder.preprocessing, progress=_load_progress, include=keep, exclude=exclude)
-        for path, reason in data.skipped:
+    sets = load_calibration_sets(
+        embedder.config,
+        data_dirs,
+        embedder.preprocessing,
+        model_name=str(embedder.model_dir),
+        include=include,
+        exclude=exclude,
+        held_out=held_out,
+        progress=_load_progress,
+    )
+    for cal in sets:
+        for path, reason in cal.data.skipped:
             warn(f"skipped {path}: {reason}")
-        sets.append(CalibrationSet(str(data_dir), data))
     config = run_calibrate(embedder, sets, out, seed=seed, cap_per_identity=cap, overwrite=overwrite)
     record = config.training["calibration"]
     if as_json:

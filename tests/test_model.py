@@ -3,12 +3,10 @@
 import numpy as np
 import pytest
 
-from siamese_index.towers.architectures import (
-    ARCHITECTURES,
+from siamese_index.towers.architectures import ARCHITECTURES, build_siamese, build_tower
+from siamese_index.towers.losses import (
     batch_contrastive_loss,
     build_proxy_head,
-    build_siamese,
-    build_tower,
     contrastive_loss,
     contrastive_loss_np,
     cosface_loss,

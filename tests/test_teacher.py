@@ -71,7 +71,7 @@ def test_bad_teacher_files_are_refused_by_name(tmp_path, arrays, message):
 
 
 def test_distillation_loss_matches_a_hand_computed_value():
-    from siamese_index.towers.architectures import distillation_loss
+    from siamese_index.towers.losses import distillation_loss
 
     emb = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32)
     # Targets, then the has-a-teacher flag: the third row has none and must not count.

@@ -13,7 +13,8 @@ from siamese_index.imaging.synthetic import make_identity_folder
 from siamese_index.towers.embedder import KerasEmbedder
 from siamese_index.towers.modeldir import CONFIG_NAME, read_config
 from siamese_index.training.datasets import load_dataset
-from siamese_index.training.trainer import TrainOptions, evaluate, train
+from siamese_index.training.evaluate import evaluate
+from siamese_index.training.trainer import TrainOptions, train
 
 PREP = Preprocessing(24, 24, 1)
 
@@ -98,10 +99,10 @@ def test_tampered_weights_are_detected(trained, tmp_path):
 def test_evaluate_reports_on_trained_identities(trained):
     _, data, out, _, _ = trained
     report = evaluate(KerasEmbedder(out), data, seed=1)
-    assert report["one_shot"]["identities"] == 12 and report["one_shot"]["probes"] == 48
+    assert report.one_shot["identities"] == 12 and report.one_shot["probes"] == 48
     # Synthetic identities are easy: a trained tower must do far better than chance (1/12).
-    assert report["one_shot"]["rank1"] > 0.5
-    assert report["verification"]["auc"] > 0.8
+    assert report.one_shot["rank1"] > 0.5
+    assert report.verification["auc"] > 0.8
 
 
 def test_refuses_to_overwrite_a_model(trained):

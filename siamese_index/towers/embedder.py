@@ -27,6 +27,13 @@ class Embedder(Protocol):
         """(n, *input_shape) -> (n, dim) float32."""
 
 
+class FileEmbedder(Embedder, Protocol):
+    """An embedder that also embeds image files by path, skipping the unreadable ones."""
+
+    def embed_files(self, paths: Sequence[str | Path]) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+        """(vectors, embedded paths, [(failed path, reason)])."""
+
+
 class KerasEmbedder:
     """A tower rebuilt in code from config.json with its weights loaded (never a pickled model)."""
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from siamese_index.errors import ModelError
-from siamese_index.towers.modeldir import ModelConfig, library_versions, write_model_dir
-from siamese_index.training.trainer import same_source
+from siamese_index.towers.modeldir import ModelConfig, library_versions, same_source, write_model_dir
 
 
 def build_ensemble(member_dirs: list[Path], out_dir: Path, overwrite: bool = False) -> ModelConfig:

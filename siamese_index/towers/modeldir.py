@@ -1,4 +1,5 @@
-"""Model directories: config.json + weights, written atomically, identified by a weights hash."""
+"""Model directories: config.json + weights, written atomically, identified by a weights hash;
+and what a model records of its training data (same_source)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,7 +78,7 @@ def model_id_for(arch: str, weights: list[np.ndarray]) -> str:
     return f"{arch.split(':', 1)[0]}-{weights_hash(weights)}"
 
 
-def library_versions() -> dict:
+def library_versions() -> dict[str, str]:
     import keras
     import tensorflow as tf
 
@@ -88,6 +90,19 @@ def library_versions() -> dict:
         "tensorflow": tf.__version__,
         "numpy": np.__version__,
     }
+
+
+def same_source(a: object, b: object) -> bool:
+    """Whether two recorded data sources (a model's training data, a folder) may be the same data.
+
+    A source is recorded as the user typed it, relative or absolute, from wherever they were, so
+    the same folder can read differently: the same folder name is taken as the same data (a
+    refusal can be answered with the parent's seed; a silent leak could not be noticed at all).
+    """
+    if not a or not b:
+        return False
+    pa, pb = Path(str(a)), Path(str(b))
+    return pa.resolve() == pb.resolve() or pa.name == pb.name
 
 
 def read_config(model_dir: Path) -> ModelConfig:
@@ -107,7 +122,7 @@ def read_config(model_dir: Path) -> ModelConfig:
 
 
 def write_model_dir(
-    out_dir: Path, config: ModelConfig, tower, extra_files: dict[str, bytes] | None = None, overwrite: bool = False
+    out_dir: Path, config: ModelConfig, tower: Any, extra_files: dict[str, bytes] | None = None, overwrite: bool = False
 ) -> Path:
     """Write weights and config to a temporary directory, then rename it into place."""
     out_dir = Path(out_dir)

@@ -178,13 +178,13 @@ def n_way_accuracy(emb: np.ndarray, labels, groups_of_label, n_way: int, tasks: 
         g = eligible[rng.integers(len(eligible))]
         cands = rng.choice(by_group[g], size=n_way, replace=False)
         target = rng.integers(n_way)
-        enrolled = []
-        probe = None
+        enrolled: list[int] = []
+        probe = -1  # set below: target is one of the candidates
         for j, lab in enumerate(cands):
             pick = rng.choice(rows_of[int(lab)], size=2, replace=False)
-            enrolled.append(pick[0])
+            enrolled.append(int(pick[0]))
             if j == target:
-                probe = pick[1]
+                probe = int(pick[1])
         d = pairwise_l2(emb[[probe]], emb[enrolled])[0]
         correct += int(np.argmin(d) == target)
     return {"accuracy": correct / tasks, "tasks": tasks, "n_way": n_way, "groups": len(eligible)}

@@ -55,7 +55,7 @@ def sample_pairs(
     genuine = [genuine[i] for i in rng.permutation(len(genuine))]
     n_each = len(genuine) if n_pairs is None else min(len(genuine), n_pairs // 2)
     genuine = genuine[:n_each]
-    impostor = []
+    impostor: list[tuple[int, int]] = []
     n = len(labels)
     while len(impostor) < n_each:
         a, b = rng.integers(0, n, size=2)
