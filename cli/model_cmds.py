@@ -1,4 +1,4 @@
-"""Commands that make and measure towers: train, evaluate, embed."""
+"""Commands that make and measure models: train, evaluate, calibrate, ensemble, embed, teacher."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def _load_progress(done: int, total: int) -> None:
     default=0.2,
     show_default=True,
     type=click.FloatRange(0, 0.9, min_open=True),
-    help="Share of identities held out (never trained on) to calibrate the threshold.",
+    help="Share of identities held out (never trained on) to calibrate the pair threshold.",
 )
 @click.option("--size", default="48x40", show_default=True, help="Input HEIGHTxWIDTH for images.")
 @click.option("--channels", default=1, show_default=True, type=click.Choice(["1", "3"]), help="1 = grayscale, 3 = RGB.")
@@ -199,9 +199,9 @@ def train(
     overwrite,
     as_json,
 ):
-    """Train a tower on DATA_DIR (a folder of identities, or an .npz with X and y).
+    """Train a tower on DATA_DIR (a folder of identities, or an .npz with X and y); write a model directory.
 
-    The threshold is calibrated on identities held out of training, so it reflects people
+    The pair threshold is calibrated on identities held out of training, so it reflects people
     the tower has never seen.
     """
     quiet_tensorflow()
@@ -259,7 +259,7 @@ def train(
         return
     v = config.metrics["validation"]
     click.echo(f"wrote {out} (model id {config.model_id})")
-    click.echo(f"threshold {config.threshold:.4f}: {config.threshold_method}")
+    click.echo(f"pair threshold {config.threshold:.4f}: {config.threshold_method}")
     click.echo(
         f"validation: accuracy {fmt(v['accuracy'])}  AUC {fmt(v['auc'])}  EER {fmt(v['eer'])}  TAR@FAR1% {fmt(v['tar_at_far_1pct'])}"
     )
@@ -314,7 +314,7 @@ def evaluate(
     pairs_figure,
     as_json,
 ):
-    """Measure a tower on DATA_DIR: verification, one-shot rank-1/5 and optional N-way."""
+    """Measure a model on DATA_DIR: verification at its pair threshold, one-shot rank-1/5, optional N-way."""
     if data_dir is None and pairs_file is None:
         raise click.UsageError("give DATA_DIR, --pairs FILE, or both")
     quiet_tensorflow()
@@ -384,7 +384,7 @@ def _held_out_patterns(embedder) -> tuple[str, ...]:
     "--out",
     required=True,
     type=click.Path(path_type=Path),
-    help="Model directory to write (same weights, new threshold).",
+    help="Model directory to write (same weights, new pair threshold).",
 )
 @click.option(
     "--identities", "include", multiple=True, help="Only identities matching this shell pattern (repeatable)."
@@ -403,12 +403,12 @@ def _held_out_patterns(embedder) -> tuple[str, ...]:
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration record as JSON.")
 @handle_errors
 def calibrate(data_dirs, model, out, include, exclude, held_out, seed, cap, overwrite, as_json):
-    """Choose the model's threshold again on people from DATA_DIRS it never trained on.
+    """Choose the model's pair threshold again on people from DATA_DIRS it never trained on.
 
     For a camera unlike the training photos: pairs from each folder weigh the same. With one
     folder the threshold that verifies it best is kept; with several, the one at which the
     folder that loses most accuracy (against its own best threshold) loses least. A new model
-    directory is written with the same weights (and model id) and the new threshold.
+    directory is written with the same weights (and model id) and the new pair threshold.
     """
     quiet_tensorflow()
     from siamese_index import KerasEmbedder, load_calibration_sets
@@ -435,7 +435,7 @@ def calibrate(data_dirs, model, out, include, exclude, held_out, seed, cap, over
         emit_json({"model": str(out), "model_id": config.model_id, "threshold": config.threshold, **record})
         return
     click.echo(
-        f"wrote {out} ({config.model_id}): threshold {fmt(record['previous_threshold'], 4)} -> {fmt(config.threshold, 4)}"
+        f"wrote {out} ({config.model_id}): pair threshold {fmt(record['previous_threshold'], 4)} -> {fmt(config.threshold, 4)}"
     )
     for s in record["sets"]:
         click.echo(
@@ -455,7 +455,7 @@ def ensemble(models, out, overwrite, as_json):
     """Join trained towers (directories or names under models/) into one model directory.
 
     Their embeddings are concatenated, so distances average the members'. The ensemble has
-    no threshold until `calibrate` chooses one on people none of the members trained on.
+    no pair threshold until `calibrate` chooses one on people none of the members trained on.
     """
     quiet_tensorflow()
     from siamese_index import build_ensemble
@@ -466,7 +466,7 @@ def ensemble(models, out, overwrite, as_json):
         click.echo(config.to_json())
         return
     click.echo(f"wrote {out} (model id {config.model_id}): {len(models)} towers, {config.embedding_dim}-d")
-    click.echo(f"next: siamese-index calibrate DATA_DIR... --model {out} --out DIR  (it has no threshold yet)")
+    click.echo(f"next: siamese-index calibrate DATA_DIR... --model {out} --out DIR  (it has no pair threshold yet)")
 
 
 @click.command()
@@ -532,13 +532,13 @@ def teacher(data_dir, out, include, exclude, as_json):
 
     summary = compute_teacher_file(data_dir, out, progress=progress, include=include, exclude=exclude)
     if as_json:
-        emit_json(summary)
+        emit_json(summary.to_dict())
         return
-    for item in summary["skipped"]:
+    for item in summary.skipped:
         warn(f"skipped {item['path']}: {item['reason']}")
     click.echo(
-        f"wrote {summary['out']}: {summary['images']} images, {summary['dim']}-d, "
-        f"face detected in {summary['faces_detected']} (the others framed by default)"
+        f"wrote {summary.out}: {summary.images} images, {summary.dim}-d, "
+        f"face detected in {summary.faces_detected} (the others framed by default)"
     )
 
 

@@ -31,14 +31,14 @@ class ModelConfig:
     embedding_dim: int
     preprocessing: Preprocessing | None  # None for vector (dense) inputs
     margin: float = 1.0
-    threshold: float | None = None
+    threshold: float | None = None  # the pair threshold: two photos are one person below it
     threshold_method: str | None = None
     augmentation: str = "none"
     model_id: str | None = None
-    metrics: dict = field(default_factory=dict)
-    history: list = field(default_factory=list)
-    training: dict = field(default_factory=dict)
-    versions: dict = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    training: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -48,7 +48,7 @@ class ModelConfig:
         return json.dumps(d, indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "config.json") -> ModelConfig:
+    def from_dict(cls, d: dict[str, Any], where: str = "config.json") -> ModelConfig:
         d = dict(d)
         for key in ("arch", "input_shape", "embedding_dim"):
             if key not in d:

@@ -108,7 +108,7 @@ class TrainSplit:
 
 
 @dataclass(frozen=True)
-class Teacher:
+class TeacherTargets:
     """Distillation targets per training row: unit vectors, then 1/0 for "has one" as the last column."""
 
     targets: np.ndarray
@@ -218,7 +218,7 @@ Batches = Iterator[tuple[Any, Any]]
 
 
 def build_training_net(
-    tower: Any, split: TrainSplit, options: TrainOptions, optimizer: Any, teacher: Teacher | None, seed: int
+    tower: Any, split: TrainSplit, options: TrainOptions, optimizer: Any, teacher: TeacherTargets | None, seed: int
 ) -> tuple[Any, Batches]:
     """The compiled network that trains the tower, and the endless batches it is fed."""
     from siamese_index.towers.architectures import build_augmenter, with_augmentation
@@ -235,7 +235,7 @@ def _batch_mode(
     train_set: Dataset,
     options: TrainOptions,
     optimizer: Any,
-    teacher: Teacher | None,
+    teacher: TeacherTargets | None,
     rng: np.random.Generator,
 ) -> tuple[Any, Batches]:
     """One image input; one output per loss (contrastive, then optional proxy and teacher)."""
@@ -339,7 +339,15 @@ def fit(
     started = time.perf_counter()
     # With EMA the averaged weights are swapped in before Report validates and keeps them.
     callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if options.ema > 0 else []
-    net.fit(batches, steps_per_epoch=steps, epochs=options.epochs, verbose=0, callbacks=[*callbacks, Report()])
+    # shuffle=False: a generator cannot be shuffled, and saying so keeps Keras from warning about it.
+    net.fit(
+        batches,
+        steps_per_epoch=steps,
+        epochs=options.epochs,
+        verbose=0,
+        shuffle=False,
+        callbacks=[*callbacks, Report()],
+    )
     result.seconds = time.perf_counter() - started
     if best["weights"] is not None:
         tower.set_weights(best["weights"])  # the epoch that verified unseen people best
@@ -432,7 +440,7 @@ def training_record(
     steps: int,
     source: str,
     parent_id: str | None,
-    teacher: Teacher | None,
+    teacher: TeacherTargets | None,
     skipped_files: int,
 ) -> dict[str, Any]:
     """How the model was trained, as config.json's "training" records it."""
@@ -464,7 +472,7 @@ def training_record(
     }
 
 
-def load_teacher(teacher_file: Path, source: str, train_set: Dataset, tower: Any) -> Teacher:
+def load_teacher(teacher_file: Path, source: str, train_set: Dataset, tower: Any) -> TeacherTargets:
     """The teacher vectors of the training rows, checked against the tower's embedding size."""
     from siamese_index.training.teacher import teacher_targets
 
@@ -477,7 +485,7 @@ def load_teacher(teacher_file: Path, source: str, train_set: Dataset, tower: Any
         )
     # The mask rides along as the last column: rows without a teacher vector add no loss.
     stacked = np.concatenate([targets, mask[:, None].astype(np.float32)], axis=1)
-    return Teacher(stacked, name, Path(teacher_file))
+    return TeacherTargets(stacked, name, Path(teacher_file))
 
 
 def load_parent_weights(tower: Any, parent_dir: Path, arch: str, val_names: list[str], source: str) -> str | None:
