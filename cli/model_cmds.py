@@ -245,15 +245,19 @@ def train(
         detect_faces=detect_faces,
     )
     progress_line(f"training {arch} on {len(data)} rows of {data.n_identities} identities ({mode} mode)")
-
-    def on_epoch(r):
-        progress_line(
-            f"epoch {r.epoch}/{r.epochs}  loss {r.loss:.4f}  val_loss {r.val_loss:.4f}  val_auc {r.val_auc:.4f}  {r.seconds:.0f}s"
-        )
-
     config = run_train(
-        data, out, options, prep if is_images else None, progress=on_epoch, source=str(data_dir), overwrite=overwrite
+        data, out, options, prep if is_images else None, progress=_epoch_line, source=str(data_dir), overwrite=overwrite
     )
+    _print_trained(config, out, as_json)
+
+
+def _epoch_line(r) -> None:
+    progress_line(
+        f"epoch {r.epoch}/{r.epochs}  loss {r.loss:.4f}  val_loss {r.val_loss:.4f}  val_auc {r.val_auc:.4f}  {r.seconds:.0f}s"
+    )
+
+
+def _print_trained(config, out: Path, as_json: bool) -> None:
     if as_json:
         click.echo(config.to_json())
         return
