@@ -44,6 +44,8 @@ PAIRS_BATCH = 64  # pairs per step in pairs mode
 
 @dataclass
 class TrainOptions:
+    """How to train: the tower, the loss and its batches, the schedule, and what to start from."""
+
     arch: str = DEFAULT_ARCH
     epochs: int = 10
     seed: int = 0
@@ -218,15 +220,16 @@ Batches = Iterator[tuple[Any, Any]]
 
 
 def build_training_net(
-    tower: Any, split: TrainSplit, options: TrainOptions, optimizer: Any, teacher: TeacherTargets | None, seed: int
+    tower: Any, split: TrainSplit, options: TrainOptions, optimizer: Any, teacher: TeacherTargets | None
 ) -> tuple[Any, Batches]:
-    """The compiled network that trains the tower, and the endless batches it is fed."""
+    """The compiled network that trains the tower, and the endless batches it is fed (batch mode
+    draws them with a generator seeded by options.seed)."""
     from siamese_index.towers.architectures import build_augmenter, with_augmentation
 
     augmenter = build_augmenter(options.augmentation) if len(tower.input_shape) == 4 else None
     trainee = with_augmentation(tower, augmenter)
     if options.mode == "batch":
-        return _batch_mode(trainee, split.train, options, optimizer, teacher, np.random.default_rng(seed))
+        return _batch_mode(trainee, split.train, options, optimizer, teacher, np.random.default_rng(options.seed))
     return _pairs_mode(trainee, split.train, options, optimizer)
 
 
@@ -409,7 +412,7 @@ def train(
         parent_id = load_parent_weights(tower, opt.init_from, opt.arch, split.val_names, source)
     teacher = load_teacher(opt.teacher_file, source, split.train, tower) if opt.teacher_file else None
     steps = steps_per_epoch(opt, len(split.train))
-    net, batches = build_training_net(tower, split, opt, build_optimizer(opt, steps), teacher, opt.seed)
+    net, batches = build_training_net(tower, split, opt, build_optimizer(opt, steps), teacher)
     fitted = fit(net, batches, tower, split, opt, steps, progress)
     threshold, metrics = calibrate_on_validation(tower, split, opt.seed)
     config = ModelConfig(
