@@ -1,4 +1,4 @@
-"""Commands that make and measure towers: train, evaluate, embed."""
+"""Commands that make and measure models: train, evaluate, calibrate, ensemble, embed, teacher."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def _load_progress(done: int, total: int) -> None:
     default=0.2,
     show_default=True,
     type=click.FloatRange(0, 0.9, min_open=True),
-    help="Share of identities held out (never trained on) to calibrate the threshold.",
+    help="Share of identities held out (never trained on) to calibrate the pair threshold.",
 )
 @click.option("--size", default="48x40", show_default=True, help="Input HEIGHTxWIDTH for images.")
 @click.option("--channels", default=1, show_default=True, type=click.Choice(["1", "3"]), help="1 = grayscale, 3 = RGB.")
@@ -199,9 +199,9 @@ def train(
     overwrite,
     as_json,
 ):
-    """Train a tower on DATA_DIR (a folder of identities, or an .npz with X and y).
+    """Train a tower on DATA_DIR (a folder of identities, or an .npz with X and y); write a model directory.
 
-    The threshold is calibrated on identities held out of training, so it reflects people
+    The pair threshold is calibrated on identities held out of training, so it reflects people
     the tower has never seen.
     """
     quiet_tensorflow()
@@ -245,21 +245,25 @@ def train(
         detect_faces=detect_faces,
     )
     progress_line(f"training {arch} on {len(data)} rows of {data.n_identities} identities ({mode} mode)")
-
-    def on_epoch(r):
-        progress_line(
-            f"epoch {r.epoch}/{r.epochs}  loss {r.loss:.4f}  val_loss {r.val_loss:.4f}  val_auc {r.val_auc:.4f}  {r.seconds:.0f}s"
-        )
-
     config = run_train(
-        data, out, options, prep if is_images else None, progress=on_epoch, source=str(data_dir), overwrite=overwrite
+        data, out, options, prep if is_images else None, progress=_epoch_line, source=str(data_dir), overwrite=overwrite
     )
+    _print_trained(config, out, as_json)
+
+
+def _epoch_line(r) -> None:
+    progress_line(
+        f"epoch {r.epoch}/{r.epochs}  loss {r.loss:.4f}  val_loss {r.val_loss:.4f}  val_auc {r.val_auc:.4f}  {r.seconds:.0f}s"
+    )
+
+
+def _print_trained(config, out: Path, as_json: bool) -> None:
     if as_json:
         click.echo(config.to_json())
         return
     v = config.metrics["validation"]
     click.echo(f"wrote {out} (model id {config.model_id})")
-    click.echo(f"threshold {config.threshold:.4f}: {config.threshold_method}")
+    click.echo(f"pair threshold {config.threshold:.4f}: {config.threshold_method}")
     click.echo(
         f"validation: accuracy {fmt(v['accuracy'])}  AUC {fmt(v['auc'])}  EER {fmt(v['eer'])}  TAR@FAR1% {fmt(v['tar_at_far_1pct'])}"
     )
@@ -314,7 +318,7 @@ def evaluate(
     pairs_figure,
     as_json,
 ):
-    """Measure a tower on DATA_DIR: verification, one-shot rank-1/5 and optional N-way."""
+    """Measure a model on DATA_DIR: verification at its pair threshold, one-shot rank-1/5, optional N-way."""
     if data_dir is None and pairs_file is None:
         raise click.UsageError("give DATA_DIR, --pairs FILE, or both")
     quiet_tensorflow()
@@ -332,27 +336,29 @@ def evaluate(
     if pairs_file is not None:
         rows = read_pairs_file(pairs_file, pairs_root or data_dir)
     report = run_evaluate(embedder, data, seed=seed, cap_per_identity=cap, pair_rows=rows, n_way=n_way, tasks=tasks)
-    report["model"] = str(embedder.model_dir)
-    if plot and "_pairs" in report:
-        from siamese_index import plot_roc as roc_and_histograms
+    pairs = report.pairs
+    if plot and pairs is not None:
+        from siamese_index import plot_roc
 
-        roc_and_histograms(*report["_pairs"], embedder.threshold, plot)
-    if pairs_figure and data is not None and "_pair_index" in report:
-        from siamese_index import plot_pairs as pairs_grid
+        plot_roc(pairs.distances, pairs.labels, embedder.threshold, plot)
+    if pairs_figure and data is not None and pairs is not None and pairs.rows_a is not None:
+        from siamese_index import plot_pairs
 
-        a, b = report["_pair_index"]
-        d, y = report["_pairs"]
-        pairs_grid(data.x, a, b, d, y, embedder.threshold, pairs_figure)
+        plot_pairs(data.x, pairs.rows_a, pairs.rows_b, pairs.distances, pairs.labels, embedder.threshold, pairs_figure)
+    _print_evaluation({**report.to_dict(), "model": str(embedder.model_dir)}, as_json)
+
+
+def _print_evaluation(report: dict, as_json: bool) -> None:
     if as_json:
         emit_json(report)
         return
     for item in report.get("skipped", []):
         warn(f"skipped {item['path']}: {item['reason']}")
     v = report.get("verification")
-    click.echo(f"model {report['model']} ({report['model_id']}), threshold {fmt(report['threshold'], 4)}")
+    click.echo(f"model {report['model']} ({report['model_id']}), pair threshold {fmt(report['threshold'], 4)}")
     if v:
         click.echo(f"verification on {v['pairs']} {v['source']}:")
-        click.echo(f"  accuracy at the model's threshold  {fmt(v['accuracy'])}")
+        click.echo(f"  accuracy at the model's pair threshold  {fmt(v['accuracy'])}")
         click.echo(
             f"  best accuracy over all thresholds  {fmt(v['best_accuracy'])}  (optimistic: threshold {fmt(v['best_threshold'], 4)} chosen on these pairs)"
         )
@@ -382,7 +388,7 @@ def _held_out_patterns(embedder) -> tuple[str, ...]:
     "--out",
     required=True,
     type=click.Path(path_type=Path),
-    help="Model directory to write (same weights, new threshold).",
+    help="Model directory to write (same weights, new pair threshold).",
 )
 @click.option(
     "--identities", "include", multiple=True, help="Only identities matching this shell pattern (repeatable)."
@@ -401,38 +407,39 @@ def _held_out_patterns(embedder) -> tuple[str, ...]:
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration record as JSON.")
 @handle_errors
 def calibrate(data_dirs, model, out, include, exclude, held_out, seed, cap, overwrite, as_json):
-    """Choose the model's threshold again on people from DATA_DIRS it never trained on.
+    """Choose the model's pair threshold again on people from DATA_DIRS it never trained on.
 
     For a camera unlike the training photos: pairs from each folder weigh the same. With one
     folder the threshold that verifies it best is kept; with several, the one at which the
     folder that loses most accuracy (against its own best threshold) loses least. A new model
-    directory is written with the same weights (and model id) and the new threshold.
+    directory is written with the same weights (and model id) and the new pair threshold.
     """
     quiet_tensorflow()
-    from siamese_index import CalibrationSet, KerasEmbedder, load_dataset, same_source
+    from siamese_index import KerasEmbedder, load_calibration_sets
     from siamese_index import calibrate as run_calibrate
     from siamese_index.config import resolve_model_dir
 
     embedder = KerasEmbedder(resolve_model_dir(model))
-    source = embedder.config.training.get("source")
-    if held_out and not any(same_source(source, str(d)) for d in data_dirs):
-        raise click.UsageError(f"--held-out: none of the folders is the one {embedder.model_dir} trained on ({source})")
-    sets = []
-    for data_dir in data_dirs:
-        keep = tuple(include)
-        if held_out and same_source(source, str(data_dir)):
-            keep += _held_out_patterns(embedder)
-        data = load_dataset(data_dir, embedder.preprocessing, progress=_load_progress, include=keep, exclude=exclude)
-        for path, reason in data.skipped:
+    sets = load_calibration_sets(
+        embedder.config,
+        data_dirs,
+        embedder.preprocessing,
+        model_name=str(embedder.model_dir),
+        include=include,
+        exclude=exclude,
+        held_out=held_out,
+        progress=_load_progress,
+    )
+    for cal in sets:
+        for path, reason in cal.data.skipped:
             warn(f"skipped {path}: {reason}")
-        sets.append(CalibrationSet(str(data_dir), data))
     config = run_calibrate(embedder, sets, out, seed=seed, cap_per_identity=cap, overwrite=overwrite)
     record = config.training["calibration"]
     if as_json:
         emit_json({"model": str(out), "model_id": config.model_id, "threshold": config.threshold, **record})
         return
     click.echo(
-        f"wrote {out} ({config.model_id}): threshold {fmt(record['previous_threshold'], 4)} -> {fmt(config.threshold, 4)}"
+        f"wrote {out} ({config.model_id}): pair threshold {fmt(record['previous_threshold'], 4)} -> {fmt(config.threshold, 4)}"
     )
     for s in record["sets"]:
         click.echo(
@@ -452,7 +459,7 @@ def ensemble(models, out, overwrite, as_json):
     """Join trained towers (directories or names under models/) into one model directory.
 
     Their embeddings are concatenated, so distances average the members'. The ensemble has
-    no threshold until `calibrate` chooses one on people none of the members trained on.
+    no pair threshold until `calibrate` chooses one on people none of the members trained on.
     """
     quiet_tensorflow()
     from siamese_index import build_ensemble
@@ -463,7 +470,7 @@ def ensemble(models, out, overwrite, as_json):
         click.echo(config.to_json())
         return
     click.echo(f"wrote {out} (model id {config.model_id}): {len(models)} towers, {config.embedding_dim}-d")
-    click.echo(f"next: siamese-index calibrate DATA_DIR... --model {out} --out DIR  (it has no threshold yet)")
+    click.echo(f"next: siamese-index calibrate DATA_DIR... --model {out} --out DIR  (it has no pair threshold yet)")
 
 
 @click.command()
@@ -529,13 +536,13 @@ def teacher(data_dir, out, include, exclude, as_json):
 
     summary = compute_teacher_file(data_dir, out, progress=progress, include=include, exclude=exclude)
     if as_json:
-        emit_json(summary)
+        emit_json(summary.to_dict())
         return
-    for item in summary["skipped"]:
+    for item in summary.skipped:
         warn(f"skipped {item['path']}: {item['reason']}")
     click.echo(
-        f"wrote {summary['out']}: {summary['images']} images, {summary['dim']}-d, "
-        f"face detected in {summary['faces_detected']} (the others framed by default)"
+        f"wrote {summary.out}: {summary.images} images, {summary.dim}-d, "
+        f"face detected in {summary.faces_detected} (the others framed by default)"
     )
 
 

@@ -3,12 +3,10 @@
 import numpy as np
 import pytest
 
-from siamese_index.towers.architectures import (
-    ARCHITECTURES,
+from siamese_index.towers.architectures import ARCHITECTURES, build_siamese, build_tower
+from siamese_index.towers.losses import (
     batch_contrastive_loss,
     build_proxy_head,
-    build_siamese,
-    build_tower,
     contrastive_loss,
     contrastive_loss_np,
     cosface_loss,
@@ -101,3 +99,27 @@ def test_proxy_head_gives_cosines():
     w = np.asarray(head.proxies)
     expected = (emb / np.linalg.norm(emb, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=0, keepdims=True))
     assert cos.shape == (3, 5) and np.allclose(cos, expected, atol=1e-5)
+
+
+def test_same_source_reads_one_folder_typed_two_ways(tmp_path, monkeypatch):
+    from siamese_index.towers.modeldir import same_source
+
+    (tmp_path / "faces").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert same_source(str(tmp_path / "faces"), "faces")
+    assert same_source("/elsewhere/faces", "faces")  # the same folder name is taken as the same data
+    assert not same_source("faces", "orl") and not same_source(None, "faces") and not same_source("", "")
+
+
+def test_towers_never_import_training():
+    import ast
+    from pathlib import Path
+
+    import siamese_index.towers as towers
+
+    for path in Path(towers.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith("siamese_index.training"), f"{path.name} imports {node.module}"
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("siamese_index.training") for a in node.names), path.name

@@ -71,7 +71,7 @@ def test_bad_teacher_files_are_refused_by_name(tmp_path, arrays, message):
 
 
 def test_distillation_loss_matches_a_hand_computed_value():
-    from siamese_index.towers.architectures import distillation_loss
+    from siamese_index.towers.losses import distillation_loss
 
     emb = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32)
     # Targets, then the has-a-teacher flag: the third row has none and must not count.
@@ -87,8 +87,9 @@ def test_compute_teacher_file_skips_bad_images_and_round_trips(tmp_path):
     summary = compute_teacher_file(
         root, tmp_path / "out" / "t.npz", teacher=MeanTeacher(), progress=lambda d, t: seen.append((d, t))
     )
-    assert summary["images"] == 6 and summary["dim"] == 4 and summary["faces_detected"] == 6
-    assert [s["path"].endswith("broken.png") for s in summary["skipped"]] == [True]
+    assert summary.images == 6 and summary.dim == 4 and summary.faces_detected == 6
+    assert [s["path"].endswith("broken.png") for s in summary.skipped] == [True]
+    assert set(summary.to_dict()) == {"out", "images", "faces_detected", "dim", "skipped"}
     assert seen[-1] == (7, 7)
     saved = np.load(tmp_path / "out" / "t.npz")
     assert sorted(saved["paths"].tolist())[0] == "person00/00.png" and str(saved["teacher"]) == "quadrant-means"

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -13,7 +14,8 @@ from siamese_index.imaging.synthetic import make_identity_folder
 from siamese_index.towers.embedder import KerasEmbedder
 from siamese_index.towers.modeldir import CONFIG_NAME, read_config
 from siamese_index.training.datasets import load_dataset
-from siamese_index.training.trainer import TrainOptions, evaluate, train
+from siamese_index.training.evaluate import evaluate
+from siamese_index.training.trainer import TrainOptions, train
 
 PREP = Preprocessing(24, 24, 1)
 
@@ -98,10 +100,10 @@ def test_tampered_weights_are_detected(trained, tmp_path):
 def test_evaluate_reports_on_trained_identities(trained):
     _, data, out, _, _ = trained
     report = evaluate(KerasEmbedder(out), data, seed=1)
-    assert report["one_shot"]["identities"] == 12 and report["one_shot"]["probes"] == 48
+    assert report.one_shot["identities"] == 12 and report.one_shot["probes"] == 48
     # Synthetic identities are easy: a trained tower must do far better than chance (1/12).
-    assert report["one_shot"]["rank1"] > 0.5
-    assert report["verification"]["auc"] > 0.8
+    assert report.one_shot["rank1"] > 0.5
+    assert report.verification["auc"] > 0.8
 
 
 def test_refuses_to_overwrite_a_model(trained):
@@ -225,3 +227,103 @@ def test_init_accepts_a_parent_with_thousands_of_validation_people(tmp_path):
         data, tmp_path / "child", TrainOptions(**opts, init_from=tmp_path / "parent"), None, source="vectors.npz"
     )
     assert child.training["init_from"] == parent.model_id
+
+
+# The steps of train, each on its own (no TensorFlow needed for these).
+
+
+def _vector_data(n_ids: int = 10, per_id: int = 3, groups: list[str] | None = None):
+    from siamese_index.training.datasets import Dataset
+
+    labels = np.repeat(np.arange(n_ids), per_id)
+    x = np.random.default_rng(0).normal(size=(len(labels), 4)).astype(np.float32)
+    return Dataset(
+        x, labels, [f"p{i}" for i in range(n_ids)], groups or [""] * n_ids, [f"r{i}" for i in range(len(labels))]
+    )
+
+
+def test_split_for_training_holds_out_whole_people_and_balanced_pairs():
+    from siamese_index.training.trainer import split_for_training
+
+    data = _vector_data()
+    split = split_for_training(data, 0.3, seed=5)
+    assert len(split.val_ids) == 3 and not set(split.train.names) & set(split.val.names)
+    assert sorted(split.train.names + split.val_names) == sorted(data.names)
+    assert len(split.train) + len(split.val) == len(data)
+    # Validation pairs index the validation rows; as many genuine as impostor pairs.
+    assert split.val_a.max() < len(split.val) and split.val_b.max() < len(split.val)
+    assert split.val_y.sum() * 2 == len(split.val_y) > 0
+    same = split.val.labels[split.val_a] == split.val.labels[split.val_b]
+    assert np.array_equal(same, split.val_y == 1)
+    again = split_for_training(data, 0.3, seed=5)
+    assert again.val_names == split.val_names and np.array_equal(again.val_a, split.val_a)
+
+
+def test_steps_per_epoch():
+    from siamese_index.training.trainer import steps_per_epoch
+
+    assert steps_per_epoch(TrainOptions(steps_per_epoch=7), 10_000) == 7
+    assert steps_per_epoch(TrainOptions(identities_per_batch=4, images_per_identity=5), 100) == 5
+    assert steps_per_epoch(TrainOptions(identities_per_batch=4, images_per_identity=5), 3) == 1
+    assert steps_per_epoch(TrainOptions(mode="pairs", pairs_per_epoch=640), 3) == 10
+
+
+@pytest.mark.parametrize(
+    "options,source,message",
+    [
+        (TrainOptions(mode="triplets"), "", "unknown training mode"),
+        (TrainOptions(mode="pairs", proxy_weight=1.0), "", "batch mode"),
+        (TrainOptions(mode="pairs", teacher_file=Path("t.npz")), "data", "batch mode"),
+        (TrainOptions(teacher_file=Path("t.npz")), "", "data folder"),
+        (TrainOptions(ema=1.0), "", "ema"),
+        (TrainOptions(ema=-0.1), "", "ema"),
+    ],
+)
+def test_check_options_refuses_what_cannot_train(options, source, message):
+    from siamese_index.training.trainer import check_options
+
+    with pytest.raises(InvalidData, match=message):
+        check_options(options, source)
+    check_options(TrainOptions(), "")  # the defaults train
+
+
+def test_pk_batches_draw_p_identities_of_k_images_one_group_first():
+    from siamese_index.training.trainer import pk_batches
+
+    groups = ["a"] * 5 + ["b"] * 5
+    data = _vector_data(groups=groups)
+    batches = pk_batches(data.labels, 4, 2, np.random.default_rng(0), groups)
+    for _ in range(20):
+        rows = next(batches)
+        ids = data.labels[rows]
+        assert len(rows) == 8 and len(set(ids.tolist())) == 4
+        assert all((ids == i).sum() == 2 for i in set(ids.tolist()))
+        # Both groups have 5 identities, enough for a whole batch: it comes from one group.
+        assert len({groups[i] for i in ids}) == 1
+    with pytest.raises(InvalidData, match="two identities"):
+        next(pk_batches(np.array([0, 0, 1]), 4, 2, np.random.default_rng(0)))
+
+
+def test_evaluation_report_keeps_the_pairs_out_of_its_json(fake_embedder):
+    from siamese_index.imaging.synthetic import identity_image
+    from siamese_index.jsonable import to_jsonable
+    from siamese_index.training.datasets import Dataset
+
+    labels = np.repeat(np.arange(6), 3)
+    x = np.stack([np.asarray(identity_image(int(i), v % 3, 16))[:, :, None] for v, i in enumerate(labels)])
+    data = Dataset(
+        x, labels, [f"p{i}" for i in range(6)], [""] * 6, [f"r{i}" for i in range(len(x))], [("bad.png", "x")]
+    )
+    report = evaluate(fake_embedder, data, seed=2)
+    assert report.model_id == "fake-1" and report.threshold == 0.5
+    assert report.pairs is not None and len(report.pairs.distances) == report.verification["pairs"] == 36
+    same = data.labels[report.pairs.rows_a] == data.labels[report.pairs.rows_b]
+    assert np.array_equal(same, report.pairs.labels == 1)
+    d = np.linalg.norm(
+        fake_embedder.embed_batch(x[report.pairs.rows_a]) - fake_embedder.embed_batch(x[report.pairs.rows_b]), axis=1
+    )
+    np.testing.assert_allclose(report.pairs.distances, d, rtol=1e-5)
+    out = report.to_dict()
+    assert set(out) == {"model_id", "threshold", "verification", "one_shot", "skipped"}  # no n_way asked
+    assert out["skipped"] == [{"path": "bad.png", "reason": "x"}]
+    assert json.loads(json.dumps(to_jsonable(out))) == to_jsonable(out)

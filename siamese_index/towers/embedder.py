@@ -18,19 +18,28 @@ class Embedder(Protocol):
 
     model_id: str
     dim: int
-    threshold: float | None
+    threshold: float | None  # the model's pair threshold (None until one is calibrated)
 
-    def prepare(self, source, name: str | None = None, strict_face: bool = False) -> tuple[np.ndarray, list[str]]:
+    def prepare(
+        self, source: object, name: str | None = None, strict_face: bool = False
+    ) -> tuple[np.ndarray, list[str]]:
         """Load one image (path or bytes) into a model input; returns (array, warnings)."""
 
     def embed_batch(self, inputs: np.ndarray) -> np.ndarray:
         """(n, *input_shape) -> (n, dim) float32."""
 
 
+class FileEmbedder(Embedder, Protocol):
+    """An embedder that also embeds image files by path, skipping the unreadable ones."""
+
+    def embed_files(self, paths: Sequence[str | Path]) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+        """(vectors, embedded paths, [(failed path, reason)])."""
+
+
 class KerasEmbedder:
     """A tower rebuilt in code from config.json with its weights loaded (never a pickled model)."""
 
-    def __init__(self, model_dir, batch_size: int = 64):
+    def __init__(self, model_dir: Path | str, batch_size: int = 64) -> None:
         self.model_dir = Path(model_dir)
         self.config: ModelConfig = read_config(self.model_dir)
         from siamese_index.towers.architectures import build_tower
@@ -53,7 +62,9 @@ class KerasEmbedder:
     def preprocessing(self) -> Preprocessing | None:
         return self.config.preprocessing
 
-    def prepare(self, source, name: str | None = None, strict_face: bool = False) -> tuple[np.ndarray, list[str]]:
+    def prepare(
+        self, source: object, name: str | None = None, strict_face: bool = False
+    ) -> tuple[np.ndarray, list[str]]:
         if self.preprocessing is None:
             raise ModelError(f"{self.model_dir}: a vector model cannot embed image files")
         return prepare(source, self.preprocessing, name=name, strict_face=strict_face)
@@ -70,7 +81,7 @@ class KerasEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.concatenate(out)
 
-    def embed_files(self, paths: Sequence) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+    def embed_files(self, paths: Sequence[str | Path]) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
         """Embed files in batches; returns (vectors, embedded paths, [(failed path, reason)])."""
         from siamese_index.errors import InvalidImage
 

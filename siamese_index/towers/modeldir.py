@@ -1,4 +1,5 @@
-"""Model directories: config.json + weights, written atomically, identified by a weights hash."""
+"""Model directories: config.json + weights, written atomically, identified by a weights hash;
+and what a model records of its training data (same_source)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,14 +31,14 @@ class ModelConfig:
     embedding_dim: int
     preprocessing: Preprocessing | None  # None for vector (dense) inputs
     margin: float = 1.0
-    threshold: float | None = None
+    threshold: float | None = None  # the pair threshold: two photos are one person below it
     threshold_method: str | None = None
     augmentation: str = "none"
     model_id: str | None = None
-    metrics: dict = field(default_factory=dict)
-    history: list = field(default_factory=list)
-    training: dict = field(default_factory=dict)
-    versions: dict = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    training: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -46,7 +48,7 @@ class ModelConfig:
         return json.dumps(d, indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "config.json") -> ModelConfig:
+    def from_dict(cls, d: dict[str, Any], where: str = "config.json") -> ModelConfig:
         d = dict(d)
         for key in ("arch", "input_shape", "embedding_dim"):
             if key not in d:
@@ -76,7 +78,7 @@ def model_id_for(arch: str, weights: list[np.ndarray]) -> str:
     return f"{arch.split(':', 1)[0]}-{weights_hash(weights)}"
 
 
-def library_versions() -> dict:
+def library_versions() -> dict[str, str]:
     import keras
     import tensorflow as tf
 
@@ -88,6 +90,19 @@ def library_versions() -> dict:
         "tensorflow": tf.__version__,
         "numpy": np.__version__,
     }
+
+
+def same_source(a: object, b: object) -> bool:
+    """Whether two recorded data sources (a model's training data, a folder) may be the same data.
+
+    A source is recorded as the user typed it, relative or absolute, from wherever they were, so
+    the same folder can read differently: the same folder name is taken as the same data (a
+    refusal can be answered with the parent's seed; a silent leak could not be noticed at all).
+    """
+    if not a or not b:
+        return False
+    pa, pb = Path(str(a)), Path(str(b))
+    return pa.resolve() == pb.resolve() or pa.name == pb.name
 
 
 def read_config(model_dir: Path) -> ModelConfig:
@@ -107,7 +122,7 @@ def read_config(model_dir: Path) -> ModelConfig:
 
 
 def write_model_dir(
-    out_dir: Path, config: ModelConfig, tower, extra_files: dict[str, bytes] | None = None, overwrite: bool = False
+    out_dir: Path, config: ModelConfig, tower: Any, extra_files: dict[str, bytes] | None = None, overwrite: bool = False
 ) -> Path:
     """Write weights and config to a temporary directory, then rename it into place."""
     out_dir = Path(out_dir)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,7 @@ class Dataset:
     def n_identities(self) -> int:
         return len(self.names)
 
-    def subset(self, identity_labels) -> Dataset:
+    def subset(self, identity_labels: Iterable[int]) -> Dataset:
         """Rows of the given identities, relabelled 0..k-1 in the given order."""
         keep = np.asarray(sorted(set(int(i) for i in identity_labels)))
         remap = {old: new for new, old in enumerate(keep)}
@@ -48,7 +49,9 @@ class Dataset:
         )
 
 
-def scan_identity_folder(root: Path, include=(), exclude=()) -> list[tuple[str, list[Path]]]:
+def scan_identity_folder(
+    root: Path, include: Sequence[str] = (), exclude: Sequence[str] = ()
+) -> list[tuple[str, list[Path]]]:
     """Every folder holding images is an identity named by its path under root, sorted.
 
     include/exclude are shell patterns on identity names (e.g. "s3[1-9]") to pick a split.
@@ -76,12 +79,12 @@ def scan_identity_folder(root: Path, include=(), exclude=()) -> list[tuple[str, 
 
 
 def load_dataset(
-    source,
+    source: Path | str,
     prep: Preprocessing | None,
     progress: Callable[[int, int], None] | None = None,
     workers: int = 4,
-    include=(),
-    exclude=(),
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
     detect_faces: bool = True,
 ) -> Dataset:
     """Load a folder of identities or an .npz (X, y). Bad image files are skipped and listed.
@@ -94,24 +97,39 @@ def load_dataset(
     if source.suffix == ".npz":
         return _load_npz(source, prep)
     identities = scan_identity_folder(source, include, exclude)
-    jobs = [(label, path) for label, (_, files) in enumerate(identities) for path in files]
     if prep is None:
         raise InvalidData("a folder of images needs the model's preprocessing")
+    return _load_folder(source, identities, prep, progress, workers, detect_faces and prep.face_crop)
 
-    def load(job):
+
+def _load_folder(
+    source: Path,
+    identities: list[tuple[str, list[Path]]],
+    prep: Preprocessing,
+    progress: Callable[[int, int], None] | None,
+    workers: int,
+    detect: bool,
+) -> Dataset:
+    """Prepare every image of the scanned identities in a thread pool, in their sorted order."""
+    jobs = [(label, path) for label, (_, files) in enumerate(identities) for path in files]
+
+    def load(job: tuple[int, Path]) -> tuple[int, str, np.ndarray | None, str | None]:
         label, path = job
         try:
-            if detect_faces and prep.face_crop:
+            if detect:
                 return label, str(path), prepare(path, prep, name=str(path))[0], None
             return label, str(path), load_input(path, prep), None
         except InvalidImage as e:
             return label, str(path), None, e.reason
 
-    xs, labels, paths, skipped = [], [], [], []
+    xs: list[np.ndarray] = []
+    labels: list[int] = []
+    paths: list[str] = []
+    skipped: list[tuple[str, str]] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for i, (label, path, arr, err) in enumerate(pool.map(load, jobs), 1):
-            if err is not None:
-                skipped.append((path, err))
+            if arr is None:
+                skipped.append((path, err or "unreadable"))
             else:
                 xs.append(arr)
                 labels.append(label)
@@ -125,7 +143,7 @@ def load_dataset(
     return Dataset(np.stack(xs), np.asarray(labels, dtype=np.int64), names, groups, paths, skipped)
 
 
-def read_npz(path: Path, required: tuple[str, ...], what: str = ".npz"):
+def read_npz(path: Path, required: tuple[str, ...], what: str = ".npz") -> Any:
     """Open an .npz holding the required arrays; anything else is one InvalidData naming the file."""
     try:
         data = np.load(path, allow_pickle=False)
@@ -155,9 +173,9 @@ def _load_npz(path: Path, prep: Preprocessing | None) -> Dataset:
     return Dataset(x, labels.astype(np.int64), names, [""] * len(names), [f"{path.name}[{i}]" for i in range(len(x))])
 
 
-def npz_feature_shape(path: Path):
+def npz_feature_shape(path: Path) -> tuple[int, ...]:
     """The per-row shape of X in an .npz, without loading it all into memory."""
     with np.load(path, allow_pickle=False, mmap_mode="r") as data:
         if "X" not in data:
             raise InvalidData(f"{path}: missing array 'X'")
-        return data["X"].shape[1:]
+        return tuple(int(v) for v in data["X"].shape[1:])

@@ -5,15 +5,19 @@ Distances: lower means more alike; label 1 = same identity. "Same" means distanc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 
-def accuracy_at(distances, labels, threshold: float) -> float:
+def accuracy_at(distances: ArrayLike, labels: ArrayLike, threshold: float) -> float:
     d, y = np.asarray(distances), np.asarray(labels)
     return float(np.mean((d < threshold) == (y == 1)))
 
 
-def best_threshold(distances, labels) -> tuple[float, float]:
+def best_threshold(distances: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
     """The threshold with the highest accuracy on these pairs (the lowest, on a tie), and that
     accuracy.
 
@@ -24,7 +28,7 @@ def best_threshold(distances, labels) -> tuple[float, float]:
     return threshold, accuracy_at(distances, labels, threshold)
 
 
-def least_regret_threshold(sets) -> tuple[float, list[float]]:
+def least_regret_threshold(sets: Sequence[tuple[ArrayLike, ArrayLike]]) -> tuple[float, list[float]]:
     """The threshold at which the set that loses most accuracy, against its own best threshold,
     loses least; and each set's loss there.
 
@@ -33,12 +37,12 @@ def least_regret_threshold(sets) -> tuple[float, list[float]]:
     accuracy curve is flattest pull the threshold its way. Ties go to the higher mean
     accuracy, then to the lower threshold. With one set: its max-accuracy threshold.
     """
-    sets = [(np.asarray(d, dtype=np.float64), np.asarray(y).astype(bool)) for d, y in sets]
-    values = np.unique(np.concatenate([d for d, _ in sets]))
+    arrays = [(np.asarray(d, dtype=np.float64), np.asarray(y).astype(bool)) for d, y in sets]
+    values = np.unique(np.concatenate([d for d, _ in arrays]))
     # Every cut of every set lies between two neighbouring pooled values (or outside them all).
     candidates = np.concatenate([[values[0] - 1e-6], (values[1:] + values[:-1]) / 2, [values[-1] + 1e-6]])
-    acc = np.empty((len(sets), len(candidates)))
-    for i, (d, y) in enumerate(sets):
+    acc = np.empty((len(arrays), len(candidates)))
+    for i, (d, y) in enumerate(arrays):
         genuine_below = np.searchsorted(np.sort(d[y]), candidates, side="left")
         impostors_below = np.searchsorted(np.sort(d[~y]), candidates, side="left")
         acc[i] = (genuine_below + (~y).sum() - impostors_below) / len(d)
@@ -49,7 +53,7 @@ def least_regret_threshold(sets) -> tuple[float, list[float]]:
     return float(candidates[k]), [float(r) for r in regret[:, k]]
 
 
-def roc_auc(distances, labels) -> float:
+def roc_auc(distances: ArrayLike, labels: ArrayLike) -> float:
     """P(an impostor pair is farther than a genuine pair), ties counting one half."""
     d = np.asarray(distances, dtype=np.float64)
     y = np.asarray(labels).astype(bool)
@@ -71,7 +75,7 @@ def roc_auc(distances, labels) -> float:
     return float(u / (n_gen * n_imp))
 
 
-def roc_curve(distances, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def roc_curve(distances: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(false accept rate, true accept rate, threshold) for every distinct cut, ascending."""
     d = np.asarray(distances, dtype=np.float64)
     y = np.asarray(labels).astype(bool)
@@ -84,7 +88,7 @@ def roc_curve(distances, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return far, tar, cuts
 
 
-def eer(distances, labels) -> float:
+def eer(distances: ArrayLike, labels: ArrayLike) -> float:
     """Equal error rate: where false accepts and false rejects are equal (interpolated)."""
     far, tar, _ = roc_curve(distances, labels)
     frr = 1 - tar
@@ -98,17 +102,17 @@ def eer(distances, labels) -> float:
     return float(far[i - 1] + w * (far[i] - far[i - 1]))
 
 
-def tar_at_far(distances, labels, far_target: float = 0.01) -> float:
+def tar_at_far(distances: ArrayLike, labels: ArrayLike, far_target: float = 0.01) -> float:
     """True accept rate at the loosest threshold whose false accept rate is <= far_target."""
     far, tar, _ = roc_curve(distances, labels)
     ok = far <= far_target
     return float(tar[ok].max()) if ok.any() else 0.0
 
 
-def verification_report(distances, labels, threshold: float | None) -> dict:
+def verification_report(distances: ArrayLike, labels: ArrayLike, threshold: float | None) -> dict[str, Any]:
     t_best, acc_best = best_threshold(distances, labels)
     report = {
-        "pairs": int(len(labels)),
+        "pairs": int(np.size(labels)),
         "genuine": int(np.sum(labels)),
         "threshold": None if threshold is None else float(threshold),
         "accuracy": None if threshold is None else accuracy_at(distances, labels, threshold),
@@ -129,7 +133,13 @@ def pairwise_l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(d2, 0.0))
 
 
-def rank_k(gallery: np.ndarray, gallery_labels, probes: np.ndarray, probe_labels, ks=(1, 5)) -> dict:
+def rank_k(
+    gallery: np.ndarray,
+    gallery_labels: ArrayLike,
+    probes: np.ndarray,
+    probe_labels: ArrayLike,
+    ks: Sequence[int] = (1, 5),
+) -> dict[str, float]:
     """Share of probes whose true identity is among the k nearest enrolled identities."""
     gallery_labels = np.asarray(gallery_labels)
     probe_labels = np.asarray(probe_labels)
@@ -152,7 +162,9 @@ def one_shot_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(first), probe
 
 
-def n_way_accuracy(emb: np.ndarray, labels, groups_of_label, n_way: int, tasks: int, seed: int) -> dict:
+def n_way_accuracy(
+    emb: np.ndarray, labels: ArrayLike, groups_of_label: Sequence[str], n_way: int, tasks: int, seed: int
+) -> dict[str, Any]:
     """N-way one-shot tasks drawn within one group (e.g. an alphabet): one image per candidate.
 
     Each task picks n_way identities of one group, one enrolled image each, and a probe of a
@@ -178,13 +190,13 @@ def n_way_accuracy(emb: np.ndarray, labels, groups_of_label, n_way: int, tasks: 
         g = eligible[rng.integers(len(eligible))]
         cands = rng.choice(by_group[g], size=n_way, replace=False)
         target = rng.integers(n_way)
-        enrolled = []
-        probe = None
+        enrolled: list[int] = []
+        probe = -1  # set below: target is one of the candidates
         for j, lab in enumerate(cands):
             pick = rng.choice(rows_of[int(lab)], size=2, replace=False)
-            enrolled.append(pick[0])
+            enrolled.append(int(pick[0]))
             if j == target:
-                probe = pick[1]
+                probe = int(pick[1])
         d = pairwise_l2(emb[[probe]], emb[enrolled])[0]
         correct += int(np.argmin(d) == target)
     return {"accuracy": correct / tasks, "tasks": tasks, "n_way": n_way, "groups": len(eligible)}
@@ -193,7 +205,7 @@ def n_way_accuracy(emb: np.ndarray, labels, groups_of_label, n_way: int, tasks: 
 FAR_GRID = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 0.5)
 
 
-def impostor_far_table(emb: np.ndarray, labels, max_rows: int = 3000, seed: int = 0) -> list[list[float]]:
+def impostor_far_table(emb: np.ndarray, labels: ArrayLike, max_rows: int = 3000, seed: int = 0) -> list[list[float]]:
     """[far, distance] points: the share of impostor pairs closer than distance.
 
     Uses every cross-identity pair among (up to max_rows) rows, millions of pairs, so that the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -55,7 +56,7 @@ def sample_pairs(
     genuine = [genuine[i] for i in rng.permutation(len(genuine))]
     n_each = len(genuine) if n_pairs is None else min(len(genuine), n_pairs // 2)
     genuine = genuine[:n_each]
-    impostor = []
+    impostor: list[tuple[int, int]] = []
     n = len(labels)
     while len(impostor) < n_each:
         a, b = rng.integers(0, n, size=2)
@@ -100,11 +101,11 @@ def read_pairs_file(path: Path, image_root: Path | None = None) -> list[PairRow]
     text = path.read_text(encoding="utf-8", errors="replace")
     first = text.lstrip().split("\n", 1)[0]
     if "image_a" in first and "," in first:
-        return _read_csv(path)
+        return read_pairs_csv(path)
     return _read_lfw(path, image_root or path.parent / "lfw-deepfunneled")
 
 
-def write_pairs_csv(path: Path, rows) -> Path:
+def write_pairs_csv(path: Path, rows: Iterable[Sequence[object]]) -> Path:
     """Write (image_a, image_b, label) rows as the CSV that retrain --pairs and evaluate --pairs read."""
     path = Path(path)
     with path.open("w", newline="", encoding="utf-8") as fh:
@@ -114,7 +115,8 @@ def write_pairs_csv(path: Path, rows) -> Path:
     return path
 
 
-def _read_csv(path: Path) -> list[PairRow]:
+def read_pairs_csv(path: Path) -> list[PairRow]:
+    """Our CSV (image_a,image_b,label; paths relative to its folder); every bad row is reported by line."""
     root = path.parent.resolve()
     rows, errors = [], []
     with path.open(newline="", encoding="utf-8") as fh:
@@ -149,12 +151,16 @@ def _read_csv(path: Path) -> list[PairRow]:
     return rows
 
 
+# The old private name, while lifecycle/retrain.py still imports it.
+_read_csv = read_pairs_csv
+
+
 def _read_lfw(path: Path, root: Path) -> list[PairRow]:
     """LFW format: a header line, then 'name i j' (same) or 'name1 i name2 j' (different)."""
     rows, errors = [], []
     lines = path.read_text().splitlines()
 
-    def img(name, num):
+    def img(name: str, num: str) -> Path:
         return root / name / f"{name}_{int(num):04d}.jpg"
 
     for line_no, line in enumerate(lines[1:], start=2):

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from siamese_index.training.metrics import roc_curve
 
 
-def _pyplot():
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no screen
@@ -18,7 +20,8 @@ def _pyplot():
     return plt
 
 
-def roc_and_histograms(distances, labels, threshold, path: Path) -> None:
+def roc_and_histograms(distances: ArrayLike, labels: ArrayLike, threshold: float | None, path: Path) -> None:
+    """ROC curve beside the genuine and impostor distance histograms, with the pair threshold."""
     plt = _pyplot()
     d, y = np.asarray(distances), np.asarray(labels).astype(bool)
     far, tar, _ = roc_curve(d, y)
@@ -30,7 +33,7 @@ def roc_and_histograms(distances, labels, threshold, path: Path) -> None:
     ax2.hist(d[y], bins=bins, alpha=0.6, label="genuine (same)")
     ax2.hist(d[~y], bins=bins, alpha=0.6, label="impostor (different)")
     if threshold is not None:
-        ax2.axvline(threshold, c="k", ls="--", label=f"threshold {threshold:.3f}")
+        ax2.axvline(threshold, c="k", ls="--", label=f"pair threshold {threshold:.3f}")
     ax2.set(xlabel="L2 distance", ylabel="pairs", title="distances")
     ax2.legend()
     fig.tight_layout()
@@ -38,7 +41,16 @@ def roc_and_histograms(distances, labels, threshold, path: Path) -> None:
     plt.close(fig)
 
 
-def pairs_grid(x, a, b, distances, labels, threshold, path: Path, n: int = 8) -> None:
+def pairs_grid(
+    x: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    distances: np.ndarray,
+    labels: np.ndarray,
+    threshold: float | None,
+    path: Path,
+    n: int = 8,
+) -> None:
     """Sample pairs side by side with their distance and the truth (the third seed's figure)."""
     plt = _pyplot()
     n = min(n, len(a))

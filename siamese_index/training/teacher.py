@@ -8,8 +8,10 @@ training time: the saved tower is our own Keras model and runs without it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -36,7 +38,7 @@ class DlibTeacher:
         self._landmarks = dlib.shape_predictor(files.pose_predictor_five_point_model_location())
         self._describe = dlib.face_recognition_model_v1(files.face_recognition_model_location())
 
-    def _face_box(self, rgb: np.ndarray):
+    def _face_box(self, rgb: np.ndarray) -> tuple[Any, bool]:
         """The detected face nearest the centre; without one, the frame a face usually fills.
 
         Wide photos (LFW's 250x250) hold the face in their middle half; small ones (ORL's
@@ -50,7 +52,7 @@ class DlibTeacher:
             return self._dlib.rectangle(w // 4, h // 4, 3 * w // 4, 3 * h // 4), False
         return self._dlib.rectangle(0, h // 10, w - 1, 9 * h // 10), False
 
-    def embed(self, path) -> tuple[np.ndarray, bool]:
+    def embed(self, path: Path | str) -> tuple[np.ndarray, bool]:
         """One image's descriptor, and whether a face was detected (else a default frame)."""
         rgb = np.asarray(open_image(path).convert("RGB"))
         box, found = self._face_box(rgb)
@@ -58,14 +60,35 @@ class DlibTeacher:
         return np.asarray(self._describe.compute_face_descriptor(rgb, shape), dtype=np.float32), found
 
 
+@dataclass(frozen=True)
+class TeacherFile:
+    """What compute_teacher_file wrote: how many images, faces found, vector size, files skipped."""
+
+    out: str
+    images: int
+    faces_detected: int
+    dim: int
+    skipped: tuple[dict[str, str], ...] = ()  # {"path", "reason"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "skipped": [dict(s) for s in self.skipped]}
+
+
+class TeacherModel(Protocol):
+    """What compute_teacher_file needs of a teacher (DlibTeacher; a fake in tests)."""
+
+    def embed(self, path: Path) -> tuple[np.ndarray, bool]:
+        """One image's descriptor, and whether a face was detected."""
+
+
 def compute_teacher_file(
     root: Path,
     out: Path,
-    teacher=None,
+    teacher: TeacherModel | None = None,
     progress: Callable[[int, int], None] | None = None,
-    include=(),
-    exclude=(),
-) -> dict:
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> TeacherFile:
     """Embed every image of a folder of identities with the teacher; write the .npz atomically.
 
     Unreadable images are skipped and listed (training skips them too).
@@ -73,12 +96,15 @@ def compute_teacher_file(
     teacher = teacher or DlibTeacher()
     root = Path(root)
     files = [f for _, fs in scan_identity_folder(root, include, exclude) for f in fs]
-    paths, vectors, skipped, detected = [], [], [], 0
+    paths: list[str] = []
+    vectors: list[np.ndarray] = []
+    skipped: list[dict[str, str]] = []
+    detected = 0
     for i, f in enumerate(files, 1):
         try:
             vec, found = teacher.embed(f)
         except InvalidImage as e:
-            skipped.append((str(f), e.reason))
+            skipped.append({"path": str(f), "reason": e.reason})
         else:
             paths.append(f.relative_to(root).as_posix())
             vectors.append(vec)
@@ -87,18 +113,16 @@ def compute_teacher_file(
             progress(i, len(files))
     if not vectors:
         raise InvalidData(f"{root}: none of the {len(files)} images could be read")
-    out = Path(out)
+    _write_teacher_npz(Path(out), paths, np.stack(vectors), getattr(teacher, "name", ""))
+    return TeacherFile(str(Path(out)), len(paths), detected, int(vectors[0].shape[0]), tuple(skipped))
+
+
+def _write_teacher_npz(out: Path, paths: list[str], vectors: np.ndarray, name: str) -> None:
+    """Write through a temporary file and rename it into place, so a crash leaves no half file."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(tmp, paths=np.array(paths), vectors=np.stack(vectors), teacher=np.array(getattr(teacher, "name", "")))
+    np.savez(tmp, paths=np.array(paths), vectors=vectors, teacher=np.array(name))
     tmp.replace(out)
-    return {
-        "out": str(out),
-        "images": len(paths),
-        "faces_detected": detected,
-        "dim": int(vectors[0].shape[0]),
-        "skipped": [{"path": p, "reason": r} for p, r in skipped],
-    }
 
 
 def teacher_targets(teacher_file: Path, data_root: Path, row_paths: list[str]) -> tuple[np.ndarray, np.ndarray, str]:
