@@ -149,7 +149,7 @@ def _who(m) -> str:
 @click.option(
     "--k", default=5, show_default=True, type=click.IntRange(1), help="How many candidate identities to list."
 )
-@click.option("--threshold", type=float, default=None, help="Override the unknown-person threshold (plain L2).")
+@click.option("--threshold", type=float, default=None, help="Override the identification threshold (plain L2).")
 @click.option("--margin", type=float, default=None, help="Also require this gap between the first and second identity.")
 @home_option
 @json_option
