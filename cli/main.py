@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from . import dedup_cmds, index_cmds, model_cmds, retrain_cmds, service_cmds
-from .output import CommandError, command_error, quiet_tensorflow, set_verbose
+from .output import CommandError, UsageCommandError, command_error, quiet_tensorflow, set_verbose
 
 # --help lists the commands by task, in this order; every command belongs to exactly one section
 # (tests/test_cli_shell.py checks it, so a new command must be placed here).
@@ -69,10 +69,10 @@ def as_command_error(e: click.ClickException, argv: Sequence[str]) -> CommandErr
     if isinstance(e, CommandError):
         return e
     as_json = "--json" in argv
-    error = command_error(e, as_json=as_json)
     if isinstance(e, click.UsageError) and e.ctx is not None and not as_json:
-        error.message = f"{e.format_message()}\n{e.ctx.get_usage()}\nTry '{e.ctx.command_path} --help' for help."
-    return error
+        usage = f"{e.ctx.get_usage()}\nTry '{e.ctx.command_path} --help' for help."
+        return UsageCommandError(f"{e.format_message()}\n{usage}", "UsageError")
+    return command_error(e, as_json=as_json)
 
 
 @click.group(cls=TaskGroup, context_settings={"help_option_names": ["-h", "--help"]})

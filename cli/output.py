@@ -132,17 +132,22 @@ def quiet_tensorflow() -> None:
 
 
 class CommandError(click.ClickException):
-    """A failed command, printed as `error: ...` (or as JSON under --json) with an exit status."""
+    """A failed command, printed as `error: ...` (or as JSON under --json); exit status 1."""
 
-    def __init__(self, message: str, kind: str, file: str | None = None, as_json: bool = False, exit_code: int = 1):
+    def __init__(self, message: str, kind: str, file: str | None = None, as_json: bool = False):
         super().__init__(message)
         self.kind = kind
         self.file = file
         self.as_json = as_json
-        self.exit_code = exit_code
 
     def show(self, file: Any = None) -> None:
         show_error(self.message, self.kind, file=self.file, as_json=self.as_json)
+
+
+class UsageCommandError(CommandError):
+    """A command line click could not parse: exit status 2, as click's own usage errors."""
+
+    exit_code = 2
 
 
 def show_error(message: str, kind: str, file: str | None = None, as_json: bool = False) -> None:
@@ -165,8 +170,9 @@ def command_error(e: BaseException, as_json: bool) -> CommandError:
     if isinstance(e, SiameseIndexError):
         return CommandError(str(e), type(e).__name__, as_json=as_json)
     if isinstance(e, click.ClickException):
-        kind = "UsageError" if isinstance(e, click.UsageError) else "Error"
-        return CommandError(e.format_message(), kind, as_json=as_json, exit_code=e.exit_code)
+        if isinstance(e, click.UsageError):
+            return UsageCommandError(e.format_message(), "UsageError", as_json=as_json)
+        return CommandError(e.format_message(), "Error", as_json=as_json)
     if isinstance(e, OSError):  # a folder that cannot be written, a full disk, ...
         filename = getattr(e, "filename", None)
         where = f"{filename}: " if filename else ""
