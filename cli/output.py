@@ -119,9 +119,7 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # else a notice about oneDNN's rounding
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    warnings.filterwarnings("ignore", module=NOISY_MODULES)
-    # Keras warns about the library's own calls too (attributed to our frames): also by text.
-    warnings.filterwarnings("ignore", message=r".*(keras|Keras|tf\.function|retracing).*")
+    warnings.filterwarnings("ignore", module=NOISY_MODULES)  # e.g. Keras's "`shuffle=True` was passed"
     for name in ("tensorflow", "absl", "keras", "h5py"):
         logging.getLogger(name).setLevel(logging.ERROR)
     if "tensorflow" not in sys.modules and not any(isinstance(f, _MuteTensorFlowImport) for f in sys.meta_path):
