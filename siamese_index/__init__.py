@@ -15,19 +15,25 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from siamese_index.errors import (
-    Busy,
-    IndexStale,
-    InvalidData,
-    InvalidImage,
-    ModelError,
-    ModelMismatch,
-    NotFound,
-    SiameseIndexError,
-)
-from siamese_index.types import EnrollResult, EnrollSummary, Identification, Match, Person, Verification
+from siamese_index import errors as _errors
+from siamese_index import types as _types
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version: setuptools reads it (pyproject's dynamic version)
+
+
+def _classes_of(module: Any) -> dict[str, type]:
+    """The public classes a module defines (not those it imports)."""
+    return {
+        name: value
+        for name, value in vars(module).items()
+        if isinstance(value, type) and value.__module__ == module.__name__ and not name.startswith("_")
+    }
+
+
+# Every result type (siamese_index.types) and every error (siamese_index.errors) is public: they
+# are light modules, imported eagerly, so a result type added there is exported without a list.
+_EAGER = {**_classes_of(_types), **_classes_of(_errors)}
+globals().update(_EAGER)
 
 # public name -> "module:attribute", loaded on first access
 _LAZY = {
@@ -76,15 +82,13 @@ _LAZY = {
     "KeyStore": "siamese_index.service.keys:KeyStore",
     "ServiceSettings": "siamese_index.service.app:ServiceSettings",
     "create_app": "siamese_index.service.app:create_app",
+    # results outside siamese_index.types, and helpers the fronts share
+    "DemoResult": "siamese_index.demo:DemoResult",
+    "OperatingPoint": "siamese_index.index.openset:OperatingPoint",
+    "to_jsonable": "siamese_index.jsonable:to_jsonable",
 }
 
-__all__ = [
-    "__version__",
-    "SiameseIndexError", "InvalidImage", "InvalidData", "ModelError", "ModelMismatch", "NotFound",
-    "IndexStale", "Busy",
-    "Match", "Identification", "Verification", "EnrollResult", "EnrollSummary", "Person",
-    *_LAZY,
-]  # fmt: skip
+__all__ = sorted(["__version__", *_EAGER, *_LAZY])
 
 
 def __getattr__(name: str) -> Any:
@@ -102,8 +106,33 @@ def __dir__() -> list[str]:
     return sorted(__all__)
 
 
-if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+if TYPE_CHECKING:  # for type checkers and IDEs: the lazy names, imported eagerly
+    from siamese_index.demo import DemoResult, run_demo  # noqa: F401
     from siamese_index.duplicates.pipeline import dedup  # noqa: F401
+    from siamese_index.duplicates.pipeline import write_report as write_dedup_report  # noqa: F401
+    from siamese_index.duplicates.quarantine import delete_duplicates, move_duplicates  # noqa: F401
+    from siamese_index.duplicates.quarantine import undo as undo_quarantine  # noqa: F401
+    from siamese_index.errors import *  # noqa: F403
+    from siamese_index.imaging.loading import Preprocessing  # noqa: F401
     from siamese_index.index.facade import SiameseIndex  # noqa: F401
     from siamese_index.index.facade import verify_files as verify  # noqa: F401
+    from siamese_index.index.openset import OperatingPoint  # noqa: F401
+    from siamese_index.jsonable import to_jsonable  # noqa: F401
+    from siamese_index.lifecycle.feedback import list_feedback  # noqa: F401
+    from siamese_index.lifecycle.feedback import record as record_feedback  # noqa: F401
     from siamese_index.lifecycle.retrain import RetrainOptions, retrain  # noqa: F401
+    from siamese_index.lifecycle.thresholds import set_calibration as set_threshold  # noqa: F401
+    from siamese_index.lifecycle.versions import activate, list_versions, reembed, rollback, show_version  # noqa: F401
+    from siamese_index.service.app import ServiceSettings, create_app  # noqa: F401
+    from siamese_index.service.keys import KeyStore  # noqa: F401
+    from siamese_index.storage.db import home_exists  # noqa: F401
+    from siamese_index.towers.embedder import KerasEmbedder  # noqa: F401
+    from siamese_index.towers.ensemble import build_ensemble  # noqa: F401
+    from siamese_index.training.calibrate import CalibrationSet, calibrate, held_out_patterns  # noqa: F401
+    from siamese_index.training.datasets import load_dataset  # noqa: F401
+    from siamese_index.training.pairs import read_pairs_file  # noqa: F401
+    from siamese_index.training.plots import pairs_grid as plot_pairs  # noqa: F401
+    from siamese_index.training.plots import roc_and_histograms as plot_roc  # noqa: F401
+    from siamese_index.training.teacher import compute_teacher_file  # noqa: F401
+    from siamese_index.training.trainer import TrainOptions, evaluate, same_source, train  # noqa: F401
+    from siamese_index.types import *  # noqa: F403

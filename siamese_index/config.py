@@ -18,11 +18,12 @@ def default_home() -> Path:
     return Path(base) / "siamese-index"
 
 
-def resolve_home(home=None) -> Path:
+def resolve_home(home: str | os.PathLike[str] | None = None) -> Path:
+    """The home: the argument, else SIAMESE_INDEX_HOME, else default_home()."""
     return Path(home or os.environ.get("SIAMESE_INDEX_HOME") or default_home()).expanduser()
 
 
-def resolve_model_dir(model=None) -> Path:
+def resolve_model_dir(model: str | os.PathLike[str] | None = None) -> Path:
     """A model given by path, or by name under models/; else SIAMESE_INDEX_MODEL; else the default."""
     chosen = model or os.environ.get("SIAMESE_INDEX_MODEL") or DEFAULT_MODEL_NAME
     path = Path(chosen).expanduser()

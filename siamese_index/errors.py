@@ -1,5 +1,9 @@
 """Errors raised by siamese-index. Every one derives from SiameseIndexError."""
 
+from __future__ import annotations
+
+import os
+
 
 class SiameseIndexError(Exception):
     """Base class: catch this to handle any siamese-index failure."""
@@ -8,7 +12,7 @@ class SiameseIndexError(Exception):
 class InvalidImage(SiameseIndexError):
     """A file that is not a readable image (empty, truncated, unknown format, too large)."""
 
-    def __init__(self, path, reason: str):
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-T = TypeVar("T", bound=Hashable)
+
+class Orderable(Hashable, Protocol):
+    """What a member must be: hashable (a dict key) and ordered (sets are named by their smallest)."""
+
+    def __lt__(self, other: Any, /) -> bool: ...
+
+
+T = TypeVar("T", bound=Orderable)
 
 
 class UnionFind(Generic[T]):
     """Items join sets by `union`; `find` names a set by its smallest member (stable across runs)."""
 
-    def __init__(self, items: Iterable[T] = ()):
+    def __init__(self, items: Iterable[T] = ()) -> None:
         self.parent: dict[T, T] = {x: x for x in items}
 
     def find(self, x: T) -> T:
@@ -27,7 +34,7 @@ class UnionFind(Generic[T]):
     def union(self, a: T, b: T) -> None:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
-            lo, hi = (ra, rb) if ra < rb else (rb, ra)  # type: ignore[operator]
+            lo, hi = (ra, rb) if ra < rb else (rb, ra)
             self.parent[hi] = lo
 
     def groups(self) -> list[list[T]]:
@@ -35,4 +42,4 @@ class UnionFind(Generic[T]):
         out: dict[T, list[T]] = {}
         for x in self.parent:
             out.setdefault(self.find(x), []).append(x)
-        return sorted((sorted(g) for g in out.values()), key=lambda g: g[0])  # type: ignore[type-var, return-value]
+        return sorted((sorted(g) for g in out.values()), key=lambda g: g[0])

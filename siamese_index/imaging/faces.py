@@ -8,6 +8,7 @@ refused with the reason, so the gallery holds one clear face per photo.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -28,10 +29,15 @@ ALREADY_CROPPED = 0.65
 _local = threading.local()
 
 
-def _cascade():
+Box = tuple[int, int, int, int]  # x, y, width, height in pixels (or left, top, right, bottom for crops)
+Offsets = tuple[float, float, float, float]
+
+
+def _cascade() -> Any:
     cascade = getattr(_local, "cascade", None)
     if cascade is None:
         import cv2
+        import cv2.data  # the cascade files' folder (a submodule the stubs do not re-export)
 
         cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
         if cascade.empty():
@@ -40,7 +46,7 @@ def _cascade():
     return cascade
 
 
-def detect_faces(im: Image.Image) -> list[tuple[int, int, int, int]]:
+def detect_faces(im: Image.Image) -> list[Box]:
     """Face boxes (x, y, w, h) in pixels, largest first."""
     gray = np.asarray(im.convert("L"))
     # Detect on a copy at most 640 px wide: faster, and the cascade's scales cover the rest.
@@ -48,11 +54,14 @@ def detect_faces(im: Image.Image) -> list[tuple[int, int, int, int]]:
     if scale < 1.0:
         gray = np.asarray(im.convert("L").resize((round(im.width * scale), round(im.height * scale))))
     found = _cascade().detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(20, 20))
-    boxes = [tuple(int(round(v / scale)) for v in b) for b in (found if len(found) else [])]
+    boxes: list[Box] = []
+    for box in found if len(found) else []:
+        x, y, w, h = (int(round(float(v) / scale)) for v in box)
+        boxes.append((x, y, w, h))
     return sorted(boxes, key=lambda b: b[2] * b[3], reverse=True)
 
 
-def crop_box(face: tuple[int, int, int, int], offsets) -> tuple[int, int, int, int]:
+def crop_box(face: Box, offsets: Offsets) -> Box:
     """The crop around a face box: offsets from its centre in units of its width."""
     x, y, w, h = face
     cx, cy = x + w / 2, y + h / 2
@@ -60,7 +69,7 @@ def crop_box(face: tuple[int, int, int, int], offsets) -> tuple[int, int, int, i
     return (round(cx + l * w), round(cy + t * w), round(cx + r * w), round(cy + b * w))
 
 
-def face_box_for(im: Image.Image, offsets, strict: bool, name: str):
+def face_box_for(im: Image.Image, offsets: Offsets, strict: bool, name: str) -> tuple[Box | None, list[str]]:
     """(crop box or None, warnings). strict refuses photos unfit for enrollment."""
     faces = detect_faces(im)
     if not faces:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -68,14 +70,14 @@ class Preprocessing:
     # face is framed like the LFW training crop (0.28, 0.22, 0.72, 0.78).
     face_box: tuple[float, float, float, float] = (-0.47, -0.60, 0.47, 0.60)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["crop"] = list(self.crop) if self.crop else None
         d["face_box"] = list(self.face_box)
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> Preprocessing:
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
         d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         for key in ("crop", "face_box"):
             if d.get(key) is not None:
@@ -91,12 +93,12 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def source_label(source, name: str | None = None) -> str:
+def source_label(source: Any, name: str | None = None) -> str:
     """How errors name an image: the given name, else the path, else "<upload>" for bytes."""
     return name or str(source if not isinstance(source, (bytes, bytearray)) else "<upload>")
 
 
-def source_opener(source, label: str):
+def source_opener(source: Any, label: str) -> Callable[[], IO[bytes]]:
     """A callable opening the image's bytes (a path or bytes); missing or empty is InvalidImage."""
     if isinstance(source, (bytes, bytearray)):
         if not source:
@@ -110,7 +112,7 @@ def source_opener(source, label: str):
     return lambda: path.open("rb")
 
 
-def open_image(source, name: str | None = None, draft_gray: int | None = None) -> Image.Image:
+def open_image(source: Any, name: str | None = None, draft_gray: int | None = None) -> Image.Image:
     """Open and fully decode an image from a path or bytes, EXIF orientation applied.
 
     draft_gray: let a JPEG decode straight to grayscale at a reduced scale (no smaller than
@@ -129,8 +131,7 @@ def open_image(source, name: str | None = None, draft_gray: int | None = None) -
                 if draft_gray and im.format == "JPEG" and im.mode in ("RGB", "L", "YCbCr", "CMYK"):
                     im.draft("L", (draft_gray, draft_gray))
                 im.load()
-                im = ImageOps.exif_transpose(im)
-                return im.copy()
+                return ImageOps.exif_transpose(im).copy()
     except InvalidImage:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -140,7 +141,8 @@ def open_image(source, name: str | None = None, draft_gray: int | None = None) -
         raise InvalidImage(label, f"corrupt or truncated image ({e})") from e
 
 
-def _to_mode(im: Image.Image, channels: int) -> Image.Image:
+def to_mode(im: Image.Image, channels: int) -> Image.Image:
+    """L (channels 1) or RGB; 16-bit and float images stretched to 0-255, transparency on white."""
     if im.mode in ("I;16", "I;16B", "I", "F"):
         arr = np.asarray(im, dtype=np.float64)
         lo, hi = float(arr.min()), float(arr.max())
@@ -154,19 +156,22 @@ def _to_mode(im: Image.Image, channels: int) -> Image.Image:
     return im.convert("L" if channels == 1 else "RGB")
 
 
+_to_mode = to_mode  # the old private name, until duplicates/near.py imports to_mode
+
+
 def crop_fraction(im: Image.Image, box: tuple[float, float, float, float]) -> Image.Image:
     w, h = im.size
     l, t, r, b = box
     return im.crop((round(l * w), round(t * h), round(r * w), round(b * h)))
 
 
-def preprocess(im: Image.Image, prep: Preprocessing, face_box=None) -> np.ndarray:
+def preprocess(im: Image.Image, prep: Preprocessing, face_box: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """Crop, convert and resize an image to a uint8 array of shape prep.shape."""
     if face_box is not None:
         im = im.crop(face_box)
     elif prep.crop:
         im = crop_fraction(im, prep.crop)
-    im = _to_mode(im, prep.channels)
+    im = to_mode(im, prep.channels)
     im = im.resize((prep.width, prep.height), Image.Resampling.BILINEAR, reducing_gap=2.0)
     arr = np.asarray(im, dtype=np.uint8)
     if arr.ndim == 2:
@@ -174,26 +179,41 @@ def preprocess(im: Image.Image, prep: Preprocessing, face_box=None) -> np.ndarra
     return arr
 
 
-def array_to_input(arr: np.ndarray, prep: Preprocessing) -> np.ndarray:
-    """Fit an in-memory image array ((h, w) or (h, w, c), any numeric range) to prep.shape."""
+def array_to_image(arr: np.ndarray) -> Image.Image:
+    """An in-memory image array ((h, w) or (h, w, c), any numeric range) as a PIL image.
+
+    uint8 is taken as it is; other types are scaled to 0-255 when their maximum is at most 1,
+    then clipped. Raises ValueError for an empty, non-finite or oddly shaped array.
+    """
     a = np.asarray(arr)
+    if a.size == 0 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
+        raise ValueError(f"expected an (h, w) or (h, w, 1|3|4) array, got shape {a.shape}")
     if a.dtype != np.uint8:
+        if not np.issubdtype(a.dtype, np.number) and a.dtype != np.bool_:
+            raise ValueError(f"expected numbers, got dtype {a.dtype}")
         a = a.astype(np.float64)
+        if not np.isfinite(a).all():
+            raise ValueError("it holds NaN or infinite values")
         if a.max() <= 1.0:
             a = a * 255.0
         a = np.clip(a, 0, 255).astype(np.uint8)
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
-    return preprocess(Image.fromarray(a), prep)
+    return Image.fromarray(a)
 
 
-def load_input(path, prep: Preprocessing) -> np.ndarray:
+def array_to_input(arr: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """Fit an in-memory image array ((h, w) or (h, w, c), any numeric range) to prep.shape."""
+    return preprocess(array_to_image(arr), prep)
+
+
+def load_input(path: Any, prep: Preprocessing) -> np.ndarray:
     """Open a file and preprocess it with the fixed crop only (aligned training images)."""
     return preprocess(open_image(path), prep)
 
 
 def prepare(
-    source, prep: Preprocessing, name: str | None = None, strict_face: bool = False
+    source: Any, prep: Preprocessing, name: str | None = None, strict_face: bool = False
 ) -> tuple[np.ndarray, list[str]]:
     """Open a user's image and make it a model input, exactly as enrollment and lookup do.
 
@@ -206,6 +226,6 @@ def prepare(
         return preprocess(im, prep), []
     from siamese_index.imaging.faces import face_box_for
 
-    box, warnings = face_box_for(im, prep.face_box, strict=strict_face, name=label)
+    box, notes = face_box_for(im, prep.face_box, strict=strict_face, name=label)
     # No face found: the whole image (the fixed crop only suits aligned training images).
-    return preprocess(im, prep, face_box=box or (0, 0, im.width, im.height)), warnings
+    return preprocess(im, prep, face_box=box or (0, 0, im.width, im.height)), notes

@@ -6,6 +6,7 @@ and noised a little, so identities are learnable but photos are never identical.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,14 @@ def identity_image(identity: int, variant: int, size: int = 32, mode: str = "L")
     return out.convert(mode)
 
 
-def _write_people(root: Path, identities: int, per_identity: int, draw, digits: int, fmt: str = "png") -> Path:
+def _write_people(
+    root: Path,
+    identities: int,
+    per_identity: int,
+    draw: Callable[[int, int], Image.Image],
+    digits: int,
+    fmt: str = "png",
+) -> Path:
     """One folder per person (person00, person01, ...) of per_identity drawings each."""
     root = Path(root)
     for i in range(identities):
@@ -43,6 +51,7 @@ def _write_people(root: Path, identities: int, per_identity: int, draw, digits: 
 def make_identity_folder(
     root: Path, identities: int = 6, per_identity: int = 5, size: int = 32, fmt: str = "png"
 ) -> Path:
+    """One folder per synthetic identity (person00, ...), per_identity shifted, re-lit photos each."""
     return _write_people(root, identities, per_identity, lambda i, v: identity_image(i, v, size), 2, fmt)
 
 
