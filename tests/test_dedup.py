@@ -17,7 +17,9 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from cli.main import cli
 from siamese_index.duplicates import near, quarantine
-from siamese_index.duplicates.pipeline import complete_linkage, dedup, write_report
+from siamese_index.duplicates.linkage import complete_linkage
+from siamese_index.duplicates.pipeline import dedup
+from siamese_index.duplicates.report import write_report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,7 +118,7 @@ def test_exact_level_groups_identical_bytes_only(photos):
     report = dedup([photos["orig"].parent.parent], level="exact", cache=False)
     assert groups_as_sets(report) == [{str(photos["other"]), str(photos["other_exact"])}]
     assert all(m.distance == 0.0 for m in report.groups[0].members)
-    assert report.stats["computed"] == 10 and report.stats["distinct_contents"] == 9
+    assert report.stats.computed == 10 and report.stats.distinct_contents == 9
 
 
 def test_near_level_groups_edited_copies_but_not_another_photo(photos):
@@ -169,13 +171,13 @@ def test_no_chaining_unit():
     # A~B and B~C under the threshold, A-C far: C must not join A's group.
     known = {(0, 1): 0.2, (1, 2): 0.25, (3, 4): 0.1}
     far = {(0, 2): 0.45}
-    groups = complete_linkage(5, dict(known), 0.3, pair_distance=lambda i, j: far[(i, j)])
+    groups = complete_linkage(dict(known), 0.3, pair_distance=lambda i, j: far[(i, j)])
     members = [set(g) for g, _ in groups]
     assert {3, 4} in members
     assert not any({0, 2} <= m for m in members)
     assert {0, 1} in members  # the closest pair wins, C stays out
     # A pair never measured counts as far in components too big to measure all pairs.
-    groups = complete_linkage(3, {(0, 1): 0.2, (1, 2): 0.2}, 0.3, pair_distance=None, max_dense=2)
+    groups = complete_linkage({(0, 1): 0.2, (1, 2): 0.2}, 0.3, pair_distance=None, max_dense=2)
     assert [sorted(g) for g, _ in groups] in ([[0, 1]], [[1, 2]])
 
 
@@ -235,7 +237,7 @@ def test_identity_level_groups_photos_of_one_person(tiny_face_tower, tmp_path):
     assert grouped >= len(people) * 4 // 2
     # A rerun embeds nothing: the vectors come from the cache.
     again = dedup([tmp_path / "album"], level="identity", model=str(tiny_face_tower), cache=tmp_path / "c.sqlite")
-    assert again.stats["computed"] == 0 and again.stats["from_cache"] == 16
+    assert again.stats.computed == 0 and again.stats.from_cache == 16
     assert groups_as_sets(again) == groups_as_sets(report)
 
 
@@ -252,11 +254,11 @@ def test_bad_files_are_reported_and_skipped(photos):
     (bad / "empty.png").write_bytes(b"")
     (bad / "notes.txt").write_text("ignored: not an image file type")
     report = dedup([root, root / "missing-folder"], level="near", cache=False)
-    reasons = {Path(s["path"]).name: s["reason"] for s in report.skipped}
+    reasons = {Path(s.path).name: s.reason for s in report.skipped}
     assert set(reasons) == {"truncated.jpg", "text.jpg", "empty.png", "missing-folder"}
     assert "empty" in reasons["empty.png"] and "not a readable image" in reasons["text.jpg"]
     assert "truncated" in reasons["truncated.jpg"] or "corrupt" in reasons["truncated.jpg"]
-    assert report.stats["ignored_not_images"] == 1
+    assert report.stats.ignored_not_images == 1
     assert {str(photos[k]) for k in PICTURE} in groups_as_sets(report)
 
 
@@ -276,15 +278,15 @@ def test_cache_hit_on_rerun(photos, tmp_path, monkeypatch):
     root = photos["orig"].parent.parent
     cache = tmp_path / "cache.sqlite"
     first = dedup([root], level="near", cache=cache)
-    assert first.stats["computed"] == 9 and first.stats["from_cache"] == 0
+    assert first.stats.computed == 9 and first.stats.from_cache == 0
 
     def no_decoding(*a, **k):
         raise AssertionError("a rerun must not decode images")
 
     monkeypatch.setattr(near, "load_gray", no_decoding)
     again = dedup([root], level="near", cache=cache)
-    assert again.stats["computed"] == 0 and again.stats["from_cache"] == 10
-    assert again.stats["checked_pairs"] == 0
+    assert again.stats.computed == 0 and again.stats.from_cache == 10
+    assert again.stats.checked_pairs == 0
     assert groups_as_sets(again) == groups_as_sets(first)
 
 
@@ -388,7 +390,7 @@ def test_crash_mid_apply_loses_no_file(photos, tmp_path, monkeypatch):
     (q / m["to"]).write_bytes(Path(m["from"]).read_bytes())
     monkeypatch.setattr(quarantine, "_move_file", real_move)
     result = quarantine.undo(q / "manifest.json")
-    assert result["restored"] == 2 and result["problems"] == []
+    assert result.restored == 2 and result.problems == ()
     assert snapshot(root) == before
     assert not (q / m["to"]).exists()
 
@@ -402,11 +404,11 @@ def test_files_changed_since_the_scan_are_left_alone(photos, tmp_path):
     other = next(g for g in report.groups if len(g.members) == 2)
     Path(other.keep).unlink()  # the kept file is gone: its duplicate must stay
     result = quarantine.move_duplicates(report, tmp_path / "q")
-    reasons = {s["path"]: s["reason"] for s in result["skipped"]}
+    reasons = {s.path: s.reason for s in result.skipped}
     assert "changed since the scan" in reasons[str(changed)]
     assert "no longer exists" in reasons[other.duplicates[0]]
     assert changed.is_file() and Path(other.duplicates[0]).is_file()
-    assert result["moved"] == len(group.duplicates) - 1
+    assert result.moved == len(group.duplicates) - 1
 
 
 # ---------------------------------------------------------------------------------------------
