@@ -168,15 +168,7 @@ def dedup(
     )
     if report_path is not None:
         write_report(report, report_path)
-    applied = None
-    if action == "move":
-        from siamese_index import move_duplicates
-
-        applied = move_duplicates(report, to_dir, allow_identity=yes, progress=progress)
-    elif action == "delete":
-        from siamese_index import delete_duplicates
-
-        applied = delete_duplicates(report, allow_identity=yes, progress=progress)
+    applied = _apply(report, action, to_dir, yes, progress)
     if as_json:
         out = report.to_dict()
         if applied is not None:
@@ -184,6 +176,23 @@ def dedup(
         emit_json(out)
         return
     _print_report(report, report_path)
+    _print_applied(report, action, to_dir, applied)
+
+
+def _apply(report, action, to_dir, yes, progress):
+    """--apply: move the duplicates to the quarantine folder, or delete them; None without --apply."""
+    if action == "move":
+        from siamese_index import move_duplicates
+
+        return move_duplicates(report, to_dir, allow_identity=yes, progress=progress)
+    if action == "delete":
+        from siamese_index import delete_duplicates
+
+        return delete_duplicates(report, allow_identity=yes, progress=progress)
+    return None
+
+
+def _print_applied(report, action, to_dir, applied) -> None:
     if applied is None:
         if report.groups:
             click.echo("dry run: nothing changed (--apply move --to FOLDER moves the duplicates, undoably)")

@@ -40,10 +40,13 @@ def complete_linkage(
     for nodes in links.groups():  # the components, sorted, by their smallest member
         if len(nodes) <= max_dense:
             mat = _component_matrix(nodes, distances, pair_distance)
-            clusters = [sorted(nodes[c] for c in cl) for cl in _dense_clusters(mat, threshold)]
+            # Most clusters of a large collection are single items: drop them before anything else.
+            clusters = [[nodes[c] for c in cl] for cl in _dense_clusters(mat, threshold) if len(cl) > 1]
         else:
-            clusters = [sorted(cl) for cl in _sparse_clusters(nodes, distances, threshold)]
-        out += [(members, _pairs_of(members, distances)) for members in clusters if len(members) > 1]
+            clusters = [cl for cl in _sparse_clusters(nodes, distances, threshold) if len(cl) > 1]
+        for cl in clusters:
+            members = sorted(cl)
+            out.append((members, _pairs_of(members, distances)))
     out.sort(key=lambda g: g[0][0])
     return out
 
