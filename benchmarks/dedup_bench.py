@@ -21,7 +21,8 @@ Part 1 (real files). From ../shared/data/lfw/lfw-deepfunneled, seeded:
   (the default of imagededup), grouped by connected components as such tools do; and phash at
   a looser <= 16, to show where loosening it leads (chains: see the largest group).
 
-Part 2 (synthetic vectors): the FAISS search and complete-linkage grouping of dedup.py on
+Part 2 (synthetic vectors): the FAISS search and complete-linkage grouping of the dedup pipeline
+(siamese_index/duplicates/search.py and linkage.py) on
 N random descriptors with planted near-duplicates, for N in --scale; the approximate index's
 recall of planted pairs and of the exact search's neighbours is reported.
 """
@@ -253,8 +254,8 @@ def run_near(root: Path, cache: Path | None, threshold: float | None) -> tuple[l
     t0 = time.perf_counter()
     report = dedup([root], level="near", threshold=threshold, cache=cache if cache else False)
     seconds = time.perf_counter() - t0
-    groups = [[str(Path(m["path"]).relative_to(root)) for m in g["members"]] for g in report.to_dict()["groups"]]
-    return groups, seconds, report.stats
+    groups = [[str(Path(m.path).relative_to(root)) for m in g.members] for g in report.groups]
+    return groups, seconds, report.stats.to_dict()
 
 
 def run_phash(root: Path, max_distances=(10,)) -> list[tuple[int, list[list[str]], float]]:
@@ -296,14 +297,16 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 def scale_run(n: int, seed: int = 0) -> dict:
-    """dedup.py's near search and grouping on n synthetic items, each with the two views the near
+    """The near level's search and grouping on n synthetic items, each with the two views the near
     level queries with (whole picture, centre); 10% of items are planted near-duplicates."""
     import faiss
 
-    from siamese_index.duplicates import pipeline as D
+    from siamese_index.duplicates import near
+    from siamese_index.duplicates.linkage import complete_linkage
+    from siamese_index.duplicates.search import NEAR_K, build_vector_index, candidate_pairs
 
     rng = np.random.default_rng(seed)
-    dim = D.NEAR_DIM
+    dim = near.DIM
     # Themes, like a photo library: items scattered around 1 centre per 100 items (two items of
     # one theme ~0.8 apart, of two themes ~1.4), and 10% planted near-duplicates (~0.3 from
     # their original). Each item also has the centre view the near level queries with.
@@ -315,12 +318,12 @@ def scale_run(n: int, seed: int = 0) -> dict:
     x[n - n_dup :] = _unit(x[src] + rng.standard_normal((n_dup, dim)).astype(np.float32) * (0.3 / np.sqrt(dim)))
     views = np.stack([x, _unit(x + rng.standard_normal((n, dim)).astype(np.float32) * (0.2 / np.sqrt(dim)))], axis=1)
     planted = {(int(min(a, b)), int(max(a, b))) for a, b in zip(src, range(n - n_dup, n))}
-    radius, k = D.NEAR_CANDIDATE_RADIUS, D.NEAR_K
+    radius, k = near.CANDIDATE_RADIUS, NEAR_K
     t0 = time.perf_counter()
-    index = D.build_vector_index(x)
+    index = build_vector_index(x)
     t_build = time.perf_counter() - t0
     t0 = time.perf_counter()
-    pi, pj, pd = D.candidate_pairs(index, views, radius=radius, k=k)
+    pi, pj, pd = candidate_pairs(index, views, radius=radius, k=k)
     t_search = time.perf_counter() - t0
     t0 = time.perf_counter()
     # The grouping step as the near level runs it. The pair check here is the descriptor distance
@@ -328,7 +331,7 @@ def scale_run(n: int, seed: int = 0) -> dict:
     cut = 0.5
     close = pd < cut
     dist = dict(zip(zip(pi[close].tolist(), pj[close].tolist()), pd[close].tolist()))
-    groups = D.complete_linkage(n, dist, cut, pair_distance=lambda i, j: float(np.linalg.norm(x[i] - x[j])))
+    groups = complete_linkage(dist, cut, pair_distance=lambda i, j: float(np.linalg.norm(x[i] - x[j])))
     t_group = time.perf_counter() - t0
     found = set(zip(pi.tolist(), pj.tolist()))
     planted_recall = len(found & planted) / max(1, len(planted))

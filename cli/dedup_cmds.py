@@ -10,9 +10,11 @@ import click
 
 from .output import emit_json, handle_errors, human_bytes, quiet_tensorflow, warn
 
-# Literal copies of siamese_index.duplicates.pipeline's choices, so that --help imports no library code.
+# Literal copies of siamese_index.duplicates.pipeline's choices and report.py's suffixes, so that
+# --help imports no library code (tests/test_dedup.py checks that they agree).
 LEVELS = ("exact", "near", "identity")
 KEEP_RULES = ("largest", "oldest", "first")
+REPORT_SUFFIXES = (".json", ".csv", ".html", ".htm")
 
 
 class _Progress:
@@ -147,38 +149,9 @@ def dedup(
     if undo_manifest is not None:
         if sources or action or to_dir:
             raise click.UsageError("--undo takes only the manifest: no SOURCES, --apply or --to")
-        from siamese_index import undo_quarantine as undo
-
-        result = undo(undo_manifest, progress=progress)
-        if as_json:
-            emit_json(result)
-        else:
-            for p in result["problems"]:
-                warn(f"{p['path']}: {p['reason']}")
-            click.echo(
-                f"restored {result['restored']} files, {result['already_in_place']} already in place, "
-                f"{len(result['problems'])} problems"
-            )
-        if result["problems"]:
-            raise SystemExit(1)
+        _undo(undo_manifest, progress, as_json)
         return
-    if not sources:
-        raise click.UsageError("give one or more folders or files (or --undo MANIFEST)")
-    if action == "move" and to_dir is None:
-        raise click.UsageError("--apply move needs --to QUARANTINE_FOLDER")
-    if to_dir is not None and action != "move":
-        raise click.UsageError("--to goes with --apply move")
-    if action == "delete" and not yes:
-        raise click.UsageError(
-            "--apply delete removes the duplicates for good and cannot be undone: add --yes "
-            "(or use --apply move --to FOLDER, which --undo reverses)"
-        )
-    if action and level == "identity" and not yes:
-        raise click.UsageError(
-            "--apply at --level identity keeps ONE photo per person: add --yes if that is what you want"
-        )
-    if report_path is not None and report_path.suffix.lower() not in (".json", ".csv", ".html", ".htm"):
-        raise click.UsageError("--report must end in .json, .csv or .html")
+    _check_options(sources, level, action, to_dir, yes, report_path)
     if level == "identity":
         quiet_tensorflow()
     from siamese_index import dedup as run_dedup
@@ -195,25 +168,91 @@ def dedup(
     )
     if report_path is not None:
         write_report(report, report_path)
-    applied = None
-    if action == "move":
-        from siamese_index import move_duplicates
-
-        applied = move_duplicates(report, to_dir, allow_identity=yes, progress=progress)
-    elif action == "delete":
-        from siamese_index import delete_duplicates
-
-        applied = delete_duplicates(report, allow_identity=yes, progress=progress)
+    applied = _apply(report, action, to_dir, yes, progress)
     if as_json:
         out = report.to_dict()
         if applied is not None:
-            out["applied"] = {"action": action, **applied}
+            out["applied"] = {"action": action, **applied.to_dict()}
         emit_json(out)
         return
+    _print_report(report, report_path)
+    _print_applied(report, action, to_dir, applied)
+
+
+def _apply(report, action, to_dir, yes, progress):
+    """--apply: move the duplicates to the quarantine folder, or delete them; None without --apply."""
+    if action == "move":
+        from siamese_index import move_duplicates
+
+        return move_duplicates(report, to_dir, allow_identity=yes, progress=progress)
+    if action == "delete":
+        from siamese_index import delete_duplicates
+
+        return delete_duplicates(report, allow_identity=yes, progress=progress)
+    return None
+
+
+def _print_applied(report, action, to_dir, applied) -> None:
+    if applied is None:
+        if report.groups:
+            click.echo("dry run: nothing changed (--apply move --to FOLDER moves the duplicates, undoably)")
+    elif action == "move":
+        for s in applied.skipped:
+            warn(f"not moved {s.path}: {s.reason}")
+        click.echo(
+            f"moved {applied.moved} files ({human_bytes(applied.bytes)}) to {to_dir}; "
+            f"undo with: siamese-index dedup --undo {applied.manifest}"
+        )
+    else:
+        for s in applied.skipped:
+            warn(f"not deleted {s.path}: {s.reason}")
+        click.echo(f"deleted {applied.deleted} files ({human_bytes(applied.bytes)}); this cannot be undone")
+
+
+def _check_options(sources, level, action, to_dir, yes, report_path) -> None:
+    """Usage errors (exit status 2) for option combinations that cannot go together."""
+    if not sources:
+        raise click.UsageError("give one or more folders or files (or --undo MANIFEST)")
+    if action == "move" and to_dir is None:
+        raise click.UsageError("--apply move needs --to QUARANTINE_FOLDER")
+    if to_dir is not None and action != "move":
+        raise click.UsageError("--to goes with --apply move")
+    if action == "delete" and not yes:
+        raise click.UsageError(
+            "--apply delete removes the duplicates for good and cannot be undone: add --yes "
+            "(or use --apply move --to FOLDER, which --undo reverses)"
+        )
+    if action and level == "identity" and not yes:
+        raise click.UsageError(
+            "--apply at --level identity keeps ONE photo per person: add --yes if that is what you want"
+        )
+    if report_path is not None and report_path.suffix.lower() not in REPORT_SUFFIXES:
+        raise click.UsageError("--report must end in .json, .csv or .html")
+
+
+def _undo(manifest, progress, as_json: bool) -> None:
+    from siamese_index import undo_quarantine as undo
+
+    result = undo(manifest, progress=progress)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        for p in result.problems:
+            warn(f"{p.path}: {p.reason}")
+        click.echo(
+            f"restored {result.restored} files, {result.already_in_place} already in place, "
+            f"{len(result.problems)} problems"
+        )
+    if result.problems:
+        raise SystemExit(1)
+
+
+def _print_report(report, report_path) -> None:
+    """The groups and a summary line, for people; warnings and skipped files on stderr."""
     for s in report.skipped:
-        warn(f"skipped {s['path']}: {s['reason']}")
+        warn(f"skipped {s.path}: {s.reason}")
     for w in report.warnings:
-        warn(f"{w['path']}: {w['warning']}")
+        warn(f"{w.path}: {w.warning}")
     for k, g in enumerate(report.groups, 1):
         click.echo(f"group {k}: keep {g.keep}")
         for m in g.members:
@@ -221,26 +260,12 @@ def dedup(
                 click.echo(f"  {m.distance:7.3f}  {m.path}")
     st = report.stats
     click.echo(
-        f"{st['images']} images, {st['groups']} groups, {st['duplicates']} duplicates "
-        f"({human_bytes(st['bytes_in_duplicates'])}), {st['skipped']} skipped; level {report.level}"
+        f"{st.images} images, {st.groups} groups, {st.duplicates} duplicates "
+        f"({human_bytes(st.bytes_in_duplicates)}), {st.skipped} skipped; level {report.level}"
         + (f", threshold {report.threshold:g}" if report.threshold else "")
     )
     if report_path is not None:
         click.echo(f"report written to {report_path}")
-    if applied is None:
-        if report.groups:
-            click.echo("dry run: nothing changed (--apply move --to FOLDER moves the duplicates, undoably)")
-    elif action == "move":
-        for s in applied["skipped"]:
-            warn(f"not moved {s['path']}: {s['reason']}")
-        click.echo(
-            f"moved {applied['moved']} files ({human_bytes(applied['bytes'])}) to {to_dir}; "
-            f"undo with: siamese-index dedup --undo {applied['manifest']}"
-        )
-    else:
-        for s in applied["skipped"]:
-            warn(f"not deleted {s['path']}: {s['reason']}")
-        click.echo(f"deleted {applied['deleted']} files ({human_bytes(applied['bytes'])}); this cannot be undone")
 
 
 COMMANDS = [dedup]

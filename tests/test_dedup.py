@@ -4,6 +4,7 @@ a crash in the middle of a move, the cache, the CLI, and enroll's near-duplicate
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -17,7 +18,9 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from cli.main import cli
 from siamese_index.duplicates import near, quarantine
-from siamese_index.duplicates.pipeline import complete_linkage, dedup, write_report
+from siamese_index.duplicates.linkage import complete_linkage
+from siamese_index.duplicates.pipeline import dedup
+from siamese_index.duplicates.report import write_report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,7 +119,7 @@ def test_exact_level_groups_identical_bytes_only(photos):
     report = dedup([photos["orig"].parent.parent], level="exact", cache=False)
     assert groups_as_sets(report) == [{str(photos["other"]), str(photos["other_exact"])}]
     assert all(m.distance == 0.0 for m in report.groups[0].members)
-    assert report.stats["computed"] == 10 and report.stats["distinct_contents"] == 9
+    assert report.stats.computed == 10 and report.stats.distinct_contents == 9
 
 
 def test_near_level_groups_edited_copies_but_not_another_photo(photos):
@@ -169,13 +172,13 @@ def test_no_chaining_unit():
     # A~B and B~C under the threshold, A-C far: C must not join A's group.
     known = {(0, 1): 0.2, (1, 2): 0.25, (3, 4): 0.1}
     far = {(0, 2): 0.45}
-    groups = complete_linkage(5, dict(known), 0.3, pair_distance=lambda i, j: far[(i, j)])
+    groups = complete_linkage(dict(known), 0.3, pair_distance=lambda i, j: far[(i, j)])
     members = [set(g) for g, _ in groups]
     assert {3, 4} in members
     assert not any({0, 2} <= m for m in members)
     assert {0, 1} in members  # the closest pair wins, C stays out
     # A pair never measured counts as far in components too big to measure all pairs.
-    groups = complete_linkage(3, {(0, 1): 0.2, (1, 2): 0.2}, 0.3, pair_distance=None, max_dense=2)
+    groups = complete_linkage({(0, 1): 0.2, (1, 2): 0.2}, 0.3, pair_distance=None, max_dense=2)
     assert [sorted(g) for g, _ in groups] in ([[0, 1]], [[1, 2]])
 
 
@@ -235,7 +238,7 @@ def test_identity_level_groups_photos_of_one_person(tiny_face_tower, tmp_path):
     assert grouped >= len(people) * 4 // 2
     # A rerun embeds nothing: the vectors come from the cache.
     again = dedup([tmp_path / "album"], level="identity", model=str(tiny_face_tower), cache=tmp_path / "c.sqlite")
-    assert again.stats["computed"] == 0 and again.stats["from_cache"] == 16
+    assert again.stats.computed == 0 and again.stats.from_cache == 16
     assert groups_as_sets(again) == groups_as_sets(report)
 
 
@@ -252,11 +255,11 @@ def test_bad_files_are_reported_and_skipped(photos):
     (bad / "empty.png").write_bytes(b"")
     (bad / "notes.txt").write_text("ignored: not an image file type")
     report = dedup([root, root / "missing-folder"], level="near", cache=False)
-    reasons = {Path(s["path"]).name: s["reason"] for s in report.skipped}
+    reasons = {Path(s.path).name: s.reason for s in report.skipped}
     assert set(reasons) == {"truncated.jpg", "text.jpg", "empty.png", "missing-folder"}
     assert "empty" in reasons["empty.png"] and "not a readable image" in reasons["text.jpg"]
     assert "truncated" in reasons["truncated.jpg"] or "corrupt" in reasons["truncated.jpg"]
-    assert report.stats["ignored_not_images"] == 1
+    assert report.stats.ignored_not_images == 1
     assert {str(photos[k]) for k in PICTURE} in groups_as_sets(report)
 
 
@@ -276,15 +279,15 @@ def test_cache_hit_on_rerun(photos, tmp_path, monkeypatch):
     root = photos["orig"].parent.parent
     cache = tmp_path / "cache.sqlite"
     first = dedup([root], level="near", cache=cache)
-    assert first.stats["computed"] == 9 and first.stats["from_cache"] == 0
+    assert first.stats.computed == 9 and first.stats.from_cache == 0
 
     def no_decoding(*a, **k):
         raise AssertionError("a rerun must not decode images")
 
     monkeypatch.setattr(near, "load_gray", no_decoding)
     again = dedup([root], level="near", cache=cache)
-    assert again.stats["computed"] == 0 and again.stats["from_cache"] == 10
-    assert again.stats["checked_pairs"] == 0
+    assert again.stats.computed == 0 and again.stats.from_cache == 10
+    assert again.stats.checked_pairs == 0
     assert groups_as_sets(again) == groups_as_sets(first)
 
 
@@ -388,7 +391,7 @@ def test_crash_mid_apply_loses_no_file(photos, tmp_path, monkeypatch):
     (q / m["to"]).write_bytes(Path(m["from"]).read_bytes())
     monkeypatch.setattr(quarantine, "_move_file", real_move)
     result = quarantine.undo(q / "manifest.json")
-    assert result["restored"] == 2 and result["problems"] == []
+    assert result.restored == 2 and result.problems == ()
     assert snapshot(root) == before
     assert not (q / m["to"]).exists()
 
@@ -402,11 +405,11 @@ def test_files_changed_since_the_scan_are_left_alone(photos, tmp_path):
     other = next(g for g in report.groups if len(g.members) == 2)
     Path(other.keep).unlink()  # the kept file is gone: its duplicate must stay
     result = quarantine.move_duplicates(report, tmp_path / "q")
-    reasons = {s["path"]: s["reason"] for s in result["skipped"]}
+    reasons = {s.path: s.reason for s in result.skipped}
     assert "changed since the scan" in reasons[str(changed)]
     assert "no longer exists" in reasons[other.duplicates[0]]
     assert changed.is_file() and Path(other.duplicates[0]).is_file()
-    assert result["moved"] == len(group.duplicates) - 1
+    assert result.moved == len(group.duplicates) - 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,3 +483,167 @@ def test_enroll_warns_on_a_near_duplicate_of_another_id(index, tmp_path):
     # More photos of the same id are no news.
     [r] = index.enroll("A", [copy])
     assert not any("enrolled under A" in w for w in r.warnings)
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps on their own: scan, contents, search, linkage, describe; typed results
+# ---------------------------------------------------------------------------------------------
+def test_scan_order_skips_and_ignores(tmp_path):
+    from siamese_index.duplicates.scan import scan
+
+    for rel in ("b/2.png", "b/1.png", "a/z.jpg", ".hidden/x.png", "a/.dot.png"):
+        save(scene(0, size=(20, 20)), tmp_path / rel)
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / "a" / "empty.png").write_bytes(b"")
+    (tmp_path / "b" / "link.png").symlink_to(tmp_path / "b" / "1.png")
+    out = scan([tmp_path / "b", tmp_path, tmp_path / "missing"])
+    names = [Path(f.path).relative_to(tmp_path).as_posix() for f in out.files]
+    assert names == ["b/1.png", "b/2.png", "a/z.jpg"]  # argument order, then path order, each file once
+    assert [f.order for f in out.files] == [0, 1, 2]
+    assert [(Path(s.path).name, s.reason) for s in out.skipped] == [
+        ("empty.png", "empty file"),
+        ("missing", "no such file or folder"),
+    ]
+    assert out.not_images == 1 and out.links == 2  # the link is met under b/ and again under the root
+
+
+def test_image_info_of_an_unreadable_picture_is_three_nones():
+    from siamese_index.duplicates.scan import NO_INFO, image_info
+
+    assert image_info(b"not an image") == NO_INFO == (None, None, None)
+    buf = io.BytesIO()
+    scene(0, size=(30, 20)).save(buf, "PNG")
+    assert image_info(buf.getvalue()) == (30, 20, 1)
+
+
+def test_contents_share_one_node_per_content():
+    from siamese_index.duplicates.group import Contents
+    from siamese_index.duplicates.scan import ScannedFile
+
+    files = [ScannedFile(f"f{k}", 1, 0, k, sha256=sha) for k, sha in enumerate(["x", None, "y", "x"])]
+    c = Contents.of(files)
+    assert [f.path for f in c.files] == ["f0", "f2", "f3"]  # unreadable files are left out
+    assert c.shas == ["x", "y"] and c.members == [[0, 2], [1]]
+    assert c.paths(0) == ["f0", "f3"]
+    assert c.lone_copies() == [([0], {})] and c.lone_copies({0}) == []
+
+
+@pytest.mark.parametrize("exact_below", [10_000, 100])  # a flat index, and the IVF one
+def test_candidate_pairs_against_brute_force(exact_below):
+    from siamese_index.duplicates.search import build_vector_index, candidate_pairs
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((400, 8)).astype(np.float32)
+    x[200:260] = x[:60] + rng.standard_normal((60, 8)).astype(np.float32) * 0.05  # planted close pairs
+    index = build_vector_index(x, exact_below=exact_below)
+    assert type(index).__name__ == ("IndexFlatL2" if exact_below > 400 else "IndexIVFFlat")
+    pi, pj, pd = candidate_pairs(index, x, radius=1.0, k=10, batch=64)
+    d = np.linalg.norm(x[:, None] - x[None], axis=2)
+    truth = {(i, j) for i in range(400) for j in range(i + 1, 400) if d[i, j] < 1.0}
+    found = dict(zip(zip(pi.tolist(), pj.tolist()), pd.tolist()))
+    assert all(i < j for i, j in found) and len(found) == len(pi)  # each pair once, i < j
+    assert all(abs(found[p] - d[p]) < 1e-4 for p in found)  # plain L2, not squared
+    assert set(found) <= truth
+    assert {(i, i + 200) for i in range(60)} <= set(found)  # every planted pair
+    if exact_below > 400:
+        assert set(found) == truth  # k covers every neighbour within the radius here
+
+
+def test_complete_linkage_groups_are_cliques_under_the_threshold():
+    rng = np.random.default_rng(5)
+    pos = np.sort(rng.uniform(0, 20, 120))  # points on a line: chains everywhere
+    dist = lambda i, j: float(abs(pos[i] - pos[j]))  # noqa: E731
+    known = {(i, i + 1): dist(i, i + 1) for i in range(119)}  # only neighbours are known
+    groups = complete_linkage(dict(known), 0.5, pair_distance=dist)
+    seen: set[int] = set()
+    for members, pairs in groups:
+        assert members == sorted(members) and len(members) > 1
+        assert not seen & set(members)
+        seen |= set(members)
+        assert set(pairs) == {(a, b) for a in members for b in members if a < b}
+        assert all(d < 0.5 and d == pytest.approx(dist(*p)) for p, d in pairs.items())
+    assert [g[0][0] for g in groups] == sorted(g[0][0] for g in groups)
+    linked = {i for i, j in known if known[(i, j)] < 0.5} | {j for i, j in known if known[(i, j)] < 0.5}
+    assert seen <= linked and len(seen) >= len(linked) // 2
+
+
+def test_near_describe_step_vectors_per_content_and_skips(photos):
+    from siamese_index.duplicates.cache import NoCache
+    from siamese_index.duplicates.describe import Describer
+    from siamese_index.duplicates.scan import scan
+
+    root = photos["orig"].parent.parent
+    (root / "bad.png").write_text("nope")
+    files = scan([root]).files
+    got = Describer("near", near.VERSION, NoCache()).run(files, workers=1)
+    assert len(got.vectors) == 9 and got.computed == 9 and got.cached == 0  # 11 files, 9 readable contents
+    assert all(v.shape == (len(near.WINDOWS) * near.DIM,) for v in got.vectors.values())
+    assert [(Path(s.path).name, s.reason) for s in got.skipped] == [("bad.png", got.skipped[0].reason)]
+    assert "not a readable image" in got.skipped[0].reason
+    orig = next(f for f in files if f.path == str(photos["orig"]))
+    assert (orig.width, orig.height, orig.color) == (240, 200, 1)
+    assert sum(f.sha256 is None for f in files) == 1
+
+
+def test_results_are_frozen_and_json_comes_from_to_jsonable(photos):
+    import dataclasses
+
+    from siamese_index.duplicates.report import DuplicateGroup, Member, Skipped
+
+    root = photos["orig"].parent.parent
+    exact = dedup([root], level="exact", cache=False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        exact.level = "near"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        exact.stats.groups = 0  # type: ignore[misc]
+    assert isinstance(exact.groups, tuple) and isinstance(exact.skipped, tuple)
+    out = exact.to_dict()
+    assert list(out) == ["level", "threshold", "keep_rule", "groups", "skipped", "stats"]
+    # Search stats only where a search ran, as before the stats were typed.
+    assert not {"index", "candidate_pairs", "checked_pairs", "checked_from_cache"} & set(out["stats"])
+    assert {"index", "candidate_pairs", "checked_pairs"} <= set(dedup([root], cache=False).to_dict()["stats"])
+    assert "files" not in out and "sources" not in out  # in memory, for quarantine only
+    assert exact.files[str(photos["other"])].size == photos["other"].stat().st_size
+    group = DuplicateGroup("a", (Member("a", 0.0), Member("b", float("inf"))), float("nan"))
+    assert group.to_dict() == {
+        "keep": "a",
+        "members": [{"path": "a", "distance": 0.0}, {"path": "b", "distance": None}],
+        "max_distance": None,
+    }
+    assert group.duplicates == ("b",)
+    assert Skipped("x", "why").to_dict() == {"path": "x", "reason": "why"}
+    json.dumps(out, allow_nan=False)
+
+
+def test_quarantine_results_are_typed_with_the_json_keys_of_before(photos, tmp_path):
+    root = photos["orig"].parent.parent
+    report = dedup([root], level="near", cache=False)
+    moved = quarantine.move_duplicates(report, tmp_path / "q")
+    assert moved.to_dict() == {
+        "manifest": str(tmp_path / "q" / "manifest.json"),
+        "moved": 6,
+        "skipped": [],
+        "bytes": sum(report.files[p].size for g in report.groups for p in g.duplicates),
+    }
+    undone = quarantine.undo(moved.manifest)
+    assert undone.to_dict() == {"manifest": moved.manifest, "restored": 6, "already_in_place": 0, "problems": []}
+    Path(report.groups[0].keep).unlink()
+    deleted = quarantine.delete_duplicates(report)
+    assert set(deleted.to_dict()) == {"deleted", "skipped", "bytes"}
+    assert deleted.deleted == 1 and len(deleted.skipped) == len(report.groups[0].duplicates)
+    assert all("no longer exists" in s.reason for s in deleted.skipped)
+
+
+def test_cli_choices_are_the_librarys():
+    from cli import dedup_cmds
+    from siamese_index.duplicates import pipeline, report
+
+    assert dedup_cmds.LEVELS == pipeline.LEVELS and dedup_cmds.KEEP_RULES == pipeline.KEEP_RULES
+    assert dedup_cmds.REPORT_SUFFIXES == report.REPORT_SUFFIXES
+
+
+def test_enrolled_near_duplicates_has_one_home():
+    from siamese_index.duplicates import enrolled, pipeline
+
+    assert pipeline.enrolled_near_duplicates is enrolled.enrolled_near_duplicates
+    assert enrolled.enrolled_near_duplicates("/nonexistent-home", [], []) == []

@@ -21,6 +21,9 @@ import numpy as np
 
 from siamese_index.errors import InvalidData
 
+# The picture's (width, height, colour: 1 colour, 0 grayscale), None where unknown: --keep largest's keys.
+PictureInfo = tuple[int | None, int | None, int | None]
+
 log = logging.getLogger(__name__)
 
 CACHE_SCHEMA = 1
@@ -43,7 +46,7 @@ class VectorCache:
     Also remembers (path, size, mtime) -> sha256 so a rerun need not re-read unchanged files,
     and near distances of checked pairs so a rerun need not decode pictures again."""
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path).expanduser()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
@@ -88,7 +91,8 @@ class VectorCache:
                     out[path] = row[0]
         return out
 
-    def vectors_for(self, shas: Iterable[str], kind: str) -> dict[str, tuple[bytes, int | None, int | None]]:
+    def vectors_for(self, shas: Iterable[str], kind: str) -> dict[str, tuple[bytes, PictureInfo]]:
+        """sha -> (float32 vector bytes, the picture's (width, height, colour)) of the cached ones."""
         out = {}
         with self._lock:
             for sha in shas:
@@ -135,7 +139,7 @@ class VectorCache:
                     out[(a, b)] = math.inf if row[0] is None else float(row[0])
         return out
 
-    def store(self, files=(), vectors=(), pairs=()) -> None:
+    def store(self, files: Iterable = (), vectors: Iterable = (), pairs: Iterable = ()) -> None:
         """files: (path, size, mtime_ns, sha); vectors: (sha, kind, blob, (w, h, color)); pairs: (a, b, kind, d)."""
         with self._lock:
             try:
@@ -158,27 +162,32 @@ class VectorCache:
                 log.warning("could not write the dedup cache %s: %s", self.path, e)
 
 
-class _NoCache:
+class NoCache:
+    """cache=False: remembers nothing, so every run reads and describes every file."""
+
     path = None
 
-    def close(self):
+    def close(self) -> None:
         pass
 
-    def sha_for(self, _):
+    def sha_for(self, paths_stats: Sequence[tuple[str, int, int]]) -> dict[str, str]:
         return {}
 
-    def vectors_for(self, _, __):
+    def vectors_for(self, shas: Iterable[str], kind: str) -> dict[str, tuple[bytes, PictureInfo]]:
         return {}
 
-    def pair_distances(self, _, __):
+    def pair_distances(self, pairs: Iterable[tuple[str, str]], kind: str) -> dict[tuple[str, str], float]:
         return {}
 
-    def store(self, **_):
+    def store(self, files: Iterable = (), vectors: Iterable = (), pairs: Iterable = ()) -> None:
         pass
 
 
-def open_cache(cache) -> VectorCache | _NoCache:
+Store = VectorCache | NoCache  # what the dedup steps read and write through
+
+
+def open_cache(cache: str | os.PathLike[str] | bool | None) -> Store:
     """cache: None (the default file), False (no cache), or a path."""
     if cache is False:
-        return _NoCache()
+        return NoCache()
     return VectorCache(default_cache_path() if cache is None or cache is True else cache)

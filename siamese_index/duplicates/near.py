@@ -128,7 +128,7 @@ def _orb():
 def features(gray: np.ndarray) -> Features:
     """Keypoints, descriptors and padding mask of a THUMB thumbnail (see load_gray)."""
     kps, desc = _orb()[0].detectAndCompute(gray, None)
-    pts = np.float32([k.pt for k in kps]).reshape(-1, 2)
+    pts = np.array([k.pt for k in kps], dtype=np.float32).reshape(-1, 2)
     return Features(gray, pts, desc, fill_mask(gray))
 
 
@@ -186,7 +186,7 @@ def _view_transforms(a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
         sy = (ha * frac_a) / (hb * frac_b)
         tx = wa * (1 - frac_a) / 2 - sx * wb * (1 - frac_b) / 2
         ty = ha * (1 - frac_a) / 2 - sy * hb * (1 - frac_b) / 2
-        out.append(np.float32([[sx, 0, tx], [0, sy, ty]]))
+        out.append(np.array([[sx, 0, tx], [0, sy, ty]], dtype=np.float32))
     return out
 
 
@@ -226,7 +226,7 @@ def _compare(fa: Features, fb: Features, m: np.ndarray) -> float:
     valid_b = np.ones(b.shape, np.float32) if fb.fill is None else 1.0 - fb.fill
     inside = cv2.warpAffine(valid_b, m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
     if fa.fill is not None:
-        inside *= 1.0 - fa.fill
+        inside = inside * (1.0 - fa.fill)
     size = _grid_size(a.shape)
     warped = cv2.resize(warped, size, interpolation=cv2.INTER_AREA)
     mask = cv2.resize(inside, size, interpolation=cv2.INTER_AREA) > 0.99
@@ -241,9 +241,9 @@ def _compare(fa: Features, fb: Features, m: np.ndarray) -> float:
     matched = np.empty_like(y)
     matched[np.argsort(y, kind="stable")] = np.sort(x)
     spread = max(float(x.std()), MIN_CONTRAST)
-    diff = np.zeros(ref.shape, np.float32)
+    ww, hh = size  # the grid ref and mask were resized to
+    diff = np.zeros((hh, ww), np.float32)
     diff[mask] = np.abs(matched - x) / spread
-    hh, ww = diff.shape
     ys = np.linspace(0, hh, BLOCKS + 1).astype(int)
     xs = np.linspace(0, ww, BLOCKS + 1).astype(int)
     sums = np.add.reduceat(np.add.reduceat(diff, ys[:-1], axis=0), xs[:-1], axis=1)

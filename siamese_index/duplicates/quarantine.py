@@ -1,6 +1,7 @@
 """Acting on a dedup report: move duplicates to a quarantine folder (undoable) or delete them.
 
     result = move_duplicates(report, "~/quarantine")   # writes ~/quarantine/manifest.json first
+    print(result.moved, result.skipped)
     undo("~/quarantine/manifest.json")                   # puts every file back
 
 Safety rules:
@@ -24,10 +25,13 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from siamese_index.duplicates.report import DedupReport, FileState, Skipped
 from siamese_index.errors import InvalidData, NotFound
+from siamese_index.jsonable import to_jsonable
 from siamese_index.storage.durable import atomic_write, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -55,7 +59,45 @@ def write_json_durably(path: Path, data: dict) -> None:
     atomic_write(path, json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8"))
 
 
-def _unchanged(path: Path, scanned: dict | None) -> tuple[bool, str]:
+@dataclass(frozen=True)
+class MoveResult:
+    """What move_duplicates did: files moved (and their bytes), files left in place and why."""
+
+    manifest: str  # the manifest `undo` takes
+    moved: int
+    skipped: tuple[Skipped, ...]
+    bytes: int
+
+    def to_dict(self) -> dict:
+        return to_jsonable(self)
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    """What delete_duplicates did: files deleted (and their bytes), files left in place and why."""
+
+    deleted: int
+    skipped: tuple[Skipped, ...]
+    bytes: int
+
+    def to_dict(self) -> dict:
+        return to_jsonable(self)
+
+
+@dataclass(frozen=True)
+class UndoResult:
+    """What undo did: files put back, files already in place, and the ones it could not sort out."""
+
+    manifest: str
+    restored: int
+    already_in_place: int
+    problems: tuple[Skipped, ...]
+
+    def to_dict(self) -> dict:
+        return to_jsonable(self)
+
+
+def _unchanged(path: Path, scanned: FileState | None) -> tuple[bool, str]:
     """Is the file still what the scan saw? (size and mtime, else its sha256)."""
     try:
         st = path.stat()
@@ -65,23 +107,42 @@ def _unchanged(path: Path, scanned: dict | None) -> tuple[bool, str]:
         return False, f"cannot read ({e.strerror or e})"
     if scanned is None:
         return False, "not part of the scan"
-    if st.st_size == scanned["size"] and st.st_mtime_ns == scanned["mtime_ns"]:
+    if st.st_size == scanned.size and st.st_mtime_ns == scanned.mtime_ns:
         return True, ""
-    if st.st_size != scanned["size"]:
+    if st.st_size != scanned.size:
         return False, "changed since the scan"
     try:
-        same = _sha256(path) == scanned["sha256"]
+        same = _sha256(path) == scanned.sha256
     except OSError as e:
         return False, f"cannot read ({e.strerror or e})"
     return (True, "") if same else (False, "changed since the scan")
 
 
-def _plan(report) -> list[tuple[str, str]]:
+class _SafetyCheck:
+    """Whether a duplicate may be acted on: its kept file and itself unchanged since the scan
+    (each kept file checked once)."""
+
+    def __init__(self, report: DedupReport):
+        self.report = report
+        self.kept: dict[str, tuple[bool, str]] = {}
+
+    def refusal(self, dup: Path, dup_name: str, kept: Path, kept_name: str) -> str | None:
+        """Why the duplicate must stay where it is, or None. The names are the report's paths."""
+        if kept_name not in self.kept:
+            self.kept[kept_name] = _unchanged(kept, self.report.files.get(kept_name))
+        ok, why = self.kept[kept_name]
+        if not ok:
+            return f"its kept file {kept_name} {why}; left in place"
+        ok, why = _unchanged(dup, self.report.files.get(dup_name))
+        return None if ok else f"{why}; left in place"
+
+
+def _plan(report: DedupReport) -> list[tuple[str, str]]:
     """(duplicate, kept) for every duplicate of every group."""
     return [(m.path, g.keep) for g in report.groups for m in g.members if m.path != g.keep]
 
 
-def _check_level(report, allow_identity: bool) -> None:
+def _check_level(report: DedupReport, allow_identity: bool) -> None:
     if report.level == "identity" and not allow_identity:
         raise InvalidData(
             "identity-level groups hold different photos of one person: acting on them keeps one "
@@ -121,39 +182,38 @@ def _layout(sources: list[Path], folder: Path) -> dict[Path, Path]:
     return {p: folder / "files" / p.relative_to(common) for p in sources}
 
 
-def move_duplicates(report, to, allow_identity: bool = False, progress: Progress | None = None) -> dict:
-    """Move every group's duplicates into the folder `to` (created if needed), keeping each kept
-    file where it is. Writes to/manifest.json before the first move; `undo` reverses it.
-    Returns {"manifest", "moved", "skipped": [{"path", "reason"}], "bytes"}."""
-    _check_level(report, allow_identity)
-    folder = Path(to).expanduser().absolute()
+def _check_folder(folder: Path, roots: list[Path]) -> None:
+    """The quarantine folder: a folder (or nothing yet), unused, outside the photos."""
     if folder.exists() and not folder.is_dir():
         raise InvalidData(f"{folder}: exists and is not a folder")
     manifest_path = folder / MANIFEST_NAME
     if manifest_path.exists():
         raise InvalidData(f"{manifest_path} already exists: undo it first, or move to a new folder")
-    plan = [(Path(d).absolute(), Path(k).absolute(), d, k) for d, k in _plan(report)]
-    roots = [Path(r) for r in getattr(report, "sources", [])] + [p[0].parent for p in plan]
     for root in roots:
         if folder == root or root in folder.parents or folder in root.parents:
             raise InvalidData(
                 f"{folder}: the quarantine folder must be outside the photos ({root}), or the next "
                 f"scan finds the moved files again"
             )
-    folder.mkdir(parents=True, exist_ok=True)
+
+
+def _manifest(report: DedupReport, folder: Path, plan: list[tuple[Path, Path, str, str]]) -> dict:
+    """The manifest of a move, before any file is touched ("status": "moving")."""
     where = _layout([p[0] for p in plan], folder)
-    # "to" is relative to the manifest's folder, so a quarantine folder can itself be moved.
-    moves = [
-        {
-            "from": str(dup),
-            "to": where[dup].relative_to(folder).as_posix(),
-            "sha256": report.files.get(orig, {}).get("sha256"),
-            "size": report.files.get(orig, {}).get("size"),
-            "keep": str(kept),
-        }
-        for dup, kept, orig, _ in plan
-    ]
-    manifest = {
+    moves = []
+    for dup, kept, name, _ in plan:
+        scanned = report.files.get(name)
+        moves.append(
+            {
+                # "to" is relative to the manifest's folder, so a quarantine folder can itself be moved.
+                "from": str(dup),
+                "to": where[dup].relative_to(folder).as_posix(),
+                "sha256": scanned.sha256 if scanned else None,
+                "size": scanned.size if scanned else None,
+                "keep": str(kept),
+            }
+        )
+    return {
         "format": FORMAT,
         "kind": KIND,
         "created_at": _now(),
@@ -162,64 +222,68 @@ def move_duplicates(report, to, allow_identity: bool = False, progress: Progress
         "status": "moving",
         "moves": moves,
     }
+
+
+def move_duplicates(
+    report: DedupReport, to: str | os.PathLike[str], allow_identity: bool = False, progress: Progress | None = None
+) -> MoveResult:
+    """Move every group's duplicates into the folder `to` (created if needed), keeping each kept
+    file where it is. Writes to/manifest.json before the first move; `undo` reverses it."""
+    _check_level(report, allow_identity)
+    folder = Path(to).expanduser().absolute()
+    plan = [(Path(d).absolute(), Path(k).absolute(), d, k) for d, k in _plan(report)]
+    _check_folder(folder, [Path(r) for r in report.sources] + [p[0].parent for p in plan])
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest_path = folder / MANIFEST_NAME
+    manifest = _manifest(report, folder, plan)
     write_json_durably(manifest_path, manifest)  # before any file is touched
     moved, skipped, total_bytes = 0, [], 0
-    kept_ok: dict[str, tuple[bool, str]] = {}
-    for n, ((dup, kept, orig, orig_kept), entry) in enumerate(zip(plan, moves), 1):
-        if orig_kept not in kept_ok:
-            kept_ok[orig_kept] = _unchanged(kept, report.files.get(orig_kept))
-        ok, why = kept_ok[orig_kept]
-        if not ok:
-            skipped.append({"path": orig, "reason": f"its kept file {orig_kept} {why}; left in place"})
-        else:
-            ok, why = _unchanged(dup, report.files.get(orig))
-            if not ok:
-                skipped.append({"path": orig, "reason": f"{why}; left in place"})
-            else:
-                try:
-                    _move_file(dup, folder / entry["to"])
-                    moved += 1
-                    total_bytes += int(entry["size"] or 0)
-                except OSError as e:
-                    skipped.append({"path": orig, "reason": f"could not move ({e.strerror or e}); left in place"})
+    check = _SafetyCheck(report)
+    for n, ((dup, kept, name, kept_name), entry) in enumerate(zip(plan, manifest["moves"]), 1):
+        why = check.refusal(dup, name, kept, kept_name)
+        if why is None:
+            try:
+                _move_file(dup, folder / entry["to"])
+                moved += 1
+                total_bytes += int(entry["size"] or 0)
+            except OSError as e:
+                why = f"could not move ({e.strerror or e}); left in place"
+        if why is not None:
+            skipped.append(Skipped(name, why))
         if progress:
             progress("move", n, len(plan))
-    manifest.update(status="moved", finished_at=_now(), moved=moved, skipped=skipped)
+    manifest.update(status="moved", finished_at=_now(), moved=moved, skipped=to_jsonable(skipped))
     write_json_durably(manifest_path, manifest)
-    return {"manifest": str(manifest_path), "moved": moved, "skipped": skipped, "bytes": total_bytes}
+    return MoveResult(str(manifest_path), moved, tuple(skipped), total_bytes)
 
 
-def delete_duplicates(report, allow_identity: bool = False, progress: Progress | None = None) -> dict:
-    """Delete every group's duplicates for good (this cannot be undone); kept files stay.
-    Returns {"deleted", "skipped": [{"path", "reason"}], "bytes"}."""
+def delete_duplicates(
+    report: DedupReport, allow_identity: bool = False, progress: Progress | None = None
+) -> DeleteResult:
+    """Delete every group's duplicates for good (this cannot be undone); kept files stay."""
     _check_level(report, allow_identity)
     deleted, skipped, total_bytes = 0, [], 0
-    kept_ok: dict[str, tuple[bool, str]] = {}
+    check = _SafetyCheck(report)
     plan = _plan(report)
     for n, (dup, kept) in enumerate(plan, 1):
-        if kept not in kept_ok:
-            kept_ok[kept] = _unchanged(Path(kept), report.files.get(kept))
-        ok, why = kept_ok[kept]
-        if not ok:
-            skipped.append({"path": dup, "reason": f"its kept file {kept} {why}; left in place"})
-        else:
-            ok, why = _unchanged(Path(dup), report.files.get(dup))
-            if not ok:
-                skipped.append({"path": dup, "reason": f"{why}; left in place"})
-            else:
-                try:
-                    size = Path(dup).stat().st_size
-                    Path(dup).unlink()
-                    deleted += 1
-                    total_bytes += size
-                except OSError as e:
-                    skipped.append({"path": dup, "reason": f"could not delete ({e.strerror or e})"})
+        why = check.refusal(Path(dup), dup, Path(kept), kept)
+        if why is None:
+            try:
+                size = Path(dup).stat().st_size
+                Path(dup).unlink()
+                deleted += 1
+                total_bytes += size
+            except OSError as e:
+                why = f"could not delete ({e.strerror or e})"
+        if why is not None:
+            skipped.append(Skipped(dup, why))
         if progress:
             progress("delete", n, len(plan))
-    return {"deleted": deleted, "skipped": skipped, "bytes": total_bytes}
+    return DeleteResult(deleted, tuple(skipped), total_bytes)
 
 
-def read_manifest(path) -> dict:
+def read_manifest(path: str | os.PathLike[str]) -> dict:
+    """A quarantine folder's manifest, checked to be one (NotFound, InvalidData otherwise)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise NotFound(f"{path}: no such manifest")
@@ -234,49 +298,54 @@ def read_manifest(path) -> dict:
     return data
 
 
-def undo(manifest_path, progress: Progress | None = None) -> dict:
+def _restore(entry: dict, folder: Path) -> tuple[str, Skipped | None]:
+    """Put one moved file back: ("restored" | "in_place" | "problem", the problem or None)."""
+    try:
+        src, rel = Path(entry["from"]), Path(entry["to"])
+    except (KeyError, TypeError):
+        return "problem", Skipped(str(entry), "a malformed manifest entry")
+    dst = folder / rel
+    if not src.is_absolute() or rel.is_absolute() or ".." in rel.parts or folder not in dst.resolve().parents:
+        return "problem", Skipped(str(src), f"the manifest points outside {folder}; not touched")
+    src_there, dst_there = src.exists(), dst.exists()
+    try:
+        if src_there and not dst_there:
+            return "in_place", None
+        if dst_there and not src_there:
+            _move_file(dst, src)
+            return "restored", None
+        if src_there and dst_there:
+            # Interrupted between a cross-device copy and the removal of the original.
+            if _sha256(src) == _sha256(dst):
+                dst.unlink()
+                return "in_place", None
+            return "problem", Skipped(str(src), f"both {src} and {dst} exist and differ; left both")
+        return "problem", Skipped(str(src), f"neither {src} nor {dst} exists")
+    except OSError as e:
+        return "problem", Skipped(str(src), f"could not restore ({e.strerror or e})")
+
+
+def undo(manifest_path: str | os.PathLike[str], progress: Progress | None = None) -> UndoResult:
     """Put every file a move took back where it was. Safe to run again, and after a move that
-    was interrupted. Returns {"restored", "already_in_place", "problems": [{"path", "reason"}]}."""
+    was interrupted."""
     manifest_path = Path(manifest_path).expanduser().absolute()
     data = read_manifest(manifest_path)
     folder = manifest_path.parent.resolve()
     restored, in_place, problems = 0, 0, []
     moves = data["moves"]
     for n, entry in enumerate(reversed(moves), 1):
-        try:
-            src, rel = Path(entry["from"]), Path(entry["to"])
-        except (KeyError, TypeError):
-            problems.append({"path": str(entry), "reason": "a malformed manifest entry"})
-            continue
-        dst = folder / rel
-        if not src.is_absolute() or rel.is_absolute() or ".." in rel.parts or folder not in dst.resolve().parents:
-            problems.append({"path": str(src), "reason": f"the manifest points outside {folder}; not touched"})
-            continue
-        src_there, dst_there = src.exists(), dst.exists()
-        try:
-            if src_there and not dst_there:
-                in_place += 1
-            elif dst_there and not src_there:
-                _move_file(dst, src)
-                restored += 1
-            elif src_there and dst_there:
-                # Interrupted between a cross-device copy and the removal of the original.
-                if _sha256(src) == _sha256(dst):
-                    dst.unlink()
-                    in_place += 1
-                else:
-                    problems.append({"path": str(src), "reason": f"both {src} and {dst} exist and differ; left both"})
-            else:
-                problems.append({"path": str(src), "reason": f"neither {src} nor {dst} exists"})
-        except OSError as e:
-            problems.append({"path": str(src), "reason": f"could not restore ({e.strerror or e})"})
+        outcome, problem = _restore(entry, folder)
+        restored += outcome == "restored"
+        in_place += outcome == "in_place"
+        if problem is not None:
+            problems.append(problem)
         if progress:
             progress("restore", n, len(moves))
     _remove_empty_dirs(folder / "files")
     if not problems:
         data.update(status="undone", undone_at=_now())
         write_json_durably(manifest_path, data)
-    return {"manifest": str(manifest_path), "restored": restored, "already_in_place": in_place, "problems": problems}
+    return UndoResult(str(manifest_path), restored, in_place, tuple(problems))
 
 
 def _remove_empty_dirs(root: Path) -> None:
