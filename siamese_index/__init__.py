@@ -55,8 +55,14 @@ _LAZY = {
     "list_feedback": "siamese_index.lifecycle.feedback:list_feedback",
     # deduplication
     "dedup": "siamese_index.duplicates.pipeline:dedup",
-    "enrolled_near_duplicates": "siamese_index.duplicates.pipeline:enrolled_near_duplicates",
-    "write_dedup_report": "siamese_index.duplicates.pipeline:write_report",
+    "enrolled_near_duplicates": "siamese_index.duplicates.enrolled:enrolled_near_duplicates",
+    "write_dedup_report": "siamese_index.duplicates.report:write_report",
+    "DedupReport": "siamese_index.duplicates.report:DedupReport",
+    "DuplicateGroup": "siamese_index.duplicates.report:DuplicateGroup",
+    "DedupStats": "siamese_index.duplicates.report:DedupStats",
+    "MoveResult": "siamese_index.duplicates.quarantine:MoveResult",
+    "DeleteResult": "siamese_index.duplicates.quarantine:DeleteResult",
+    "UndoResult": "siamese_index.duplicates.quarantine:UndoResult",
     "move_duplicates": "siamese_index.duplicates.quarantine:move_duplicates",
     "delete_duplicates": "siamese_index.duplicates.quarantine:delete_duplicates",
     "undo_quarantine": "siamese_index.duplicates.quarantine:undo",
@@ -80,7 +86,7 @@ _LAZY = {
     "plot_pairs": "siamese_index.training.plots:pairs_grid",
     # the HTTP service (importing these imports FastAPI)
     "KeyStore": "siamese_index.service.keys:KeyStore",
-    "ServiceSettings": "siamese_index.service.app:ServiceSettings",
+    "ServiceSettings": "siamese_index.service.settings:ServiceSettings",
     "create_app": "siamese_index.service.app:create_app",
     # results outside siamese_index.types, and helpers the fronts share
     "DemoResult": "siamese_index.demo:DemoResult",
@@ -108,10 +114,18 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the lazy names, imported eagerly
     from siamese_index.demo import DemoResult, run_demo  # noqa: F401
+    from siamese_index.duplicates.enrolled import enrolled_near_duplicates  # noqa: F401
     from siamese_index.duplicates.pipeline import dedup  # noqa: F401
-    from siamese_index.duplicates.pipeline import write_report as write_dedup_report  # noqa: F401
-    from siamese_index.duplicates.quarantine import delete_duplicates, move_duplicates  # noqa: F401
+    from siamese_index.duplicates.quarantine import (  # noqa: F401  # noqa: F401
+        DeleteResult,
+        MoveResult,
+        UndoResult,
+        delete_duplicates,
+        move_duplicates,
+    )
     from siamese_index.duplicates.quarantine import undo as undo_quarantine  # noqa: F401
+    from siamese_index.duplicates.report import DedupReport, DedupStats, DuplicateGroup  # noqa: F401
+    from siamese_index.duplicates.report import write_report as write_dedup_report  # noqa: F401
     from siamese_index.errors import *  # noqa: F403
     from siamese_index.imaging.loading import Preprocessing  # noqa: F401
     from siamese_index.index.facade import SiameseIndex  # noqa: F401
@@ -123,16 +137,24 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the lazy names, imported eagerl
     from siamese_index.lifecycle.retrain import RetrainOptions, retrain  # noqa: F401
     from siamese_index.lifecycle.thresholds import set_calibration as set_threshold  # noqa: F401
     from siamese_index.lifecycle.versions import activate, list_versions, reembed, rollback, show_version  # noqa: F401
-    from siamese_index.service.app import ServiceSettings, create_app  # noqa: F401
+    from siamese_index.service.app import create_app  # noqa: F401
     from siamese_index.service.keys import KeyStore  # noqa: F401
+    from siamese_index.service.settings import ServiceSettings  # noqa: F401
     from siamese_index.storage.db import home_exists  # noqa: F401
     from siamese_index.towers.embedder import KerasEmbedder  # noqa: F401
     from siamese_index.towers.ensemble import build_ensemble  # noqa: F401
-    from siamese_index.training.calibrate import CalibrationSet, calibrate, held_out_patterns  # noqa: F401
+    from siamese_index.towers.modeldir import same_source  # noqa: F401
+    from siamese_index.training.calibrate import (  # noqa: F401
+        CalibrationSet,
+        calibrate,
+        held_out_patterns,
+        load_calibration_sets,  # noqa: F401
+    )
     from siamese_index.training.datasets import load_dataset  # noqa: F401
+    from siamese_index.training.evaluate import EvaluationReport, evaluate  # noqa: F401
     from siamese_index.training.pairs import read_pairs_file  # noqa: F401
     from siamese_index.training.plots import pairs_grid as plot_pairs  # noqa: F401
     from siamese_index.training.plots import roc_and_histograms as plot_roc  # noqa: F401
     from siamese_index.training.teacher import compute_teacher_file  # noqa: F401
-    from siamese_index.training.trainer import TrainOptions, evaluate, same_source, train  # noqa: F401
+    from siamese_index.training.trainer import TrainOptions, train  # noqa: F401
     from siamese_index.types import *  # noqa: F403

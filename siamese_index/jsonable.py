@@ -2,7 +2,8 @@
 
 The CLI (`--json`), the service and written reports all call `to_jsonable`, so a result prints
 the same everywhere: NaN and infinities become null, tuples lists, numpy scalars Python numbers,
-paths strings, and keys starting with "_" (in-memory extras, such as raw pair arrays) are left out.
+paths strings, and keys starting with "_" and dataclass fields marked `metadata={"json": False}`
+(in-memory extras, such as an evaluation's raw pair arrays) are left out.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ def to_jsonable(obj: Any) -> Any:
     """A JSON-ready copy of `obj` (see the module docstring for the rules)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {
-            f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not f.name.startswith("_")
+            f.name: to_jsonable(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if not f.name.startswith("_") and f.metadata.get("json", True)
         }
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None

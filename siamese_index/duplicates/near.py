@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from siamese_index.imaging.loading import _to_mode, open_image
+from siamese_index.imaging.loading import open_image, to_mode
 
 VERSION = "near-v1"  # part of cache keys: change it whenever the descriptor or check changes
 THUMB = 160  # longest side of the grayscale thumbnail everything works from
@@ -64,7 +64,7 @@ def load_gray(source, name: str | None = None, max_side: int = THUMB) -> np.ndar
     The same safety rules as images.open_image (pixel cap, decompression bombs, InvalidImage
     naming the file, EXIF orientation applied), but JPEGs are decoded at a reduced scale
     (draft mode), which makes large photos several times cheaper."""
-    im = _to_mode(open_image(source, name, draft_gray=max_side), 1)
+    im = to_mode(open_image(source, name, draft_gray=max_side), 1)
     return fit(np.asarray(im, dtype=np.uint8), max_side)
 
 

@@ -156,9 +156,6 @@ def to_mode(im: Image.Image, channels: int) -> Image.Image:
     return im.convert("L" if channels == 1 else "RGB")
 
 
-_to_mode = to_mode  # the old private name, until duplicates/near.py imports to_mode
-
-
 def crop_fraction(im: Image.Image, box: tuple[float, float, float, float]) -> Image.Image:
     w, h = im.size
     l, t, r, b = box
