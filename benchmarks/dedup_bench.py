@@ -301,9 +301,9 @@ def scale_run(n: int, seed: int = 0) -> dict:
     level queries with (whole picture, centre); 10% of items are planted near-duplicates."""
     import faiss
 
-    from siamese_index.duplicates import near
     from siamese_index.duplicates.linkage import complete_linkage
-    from siamese_index.duplicates.search import NEAR_K, build_vector_index, candidate_pairs
+    from siamese_index.duplicates.search import build_vector_index, candidate_pairs
+    from siamese_index.imaging import near
 
     rng = np.random.default_rng(seed)
     dim = near.DIM
@@ -318,7 +318,7 @@ def scale_run(n: int, seed: int = 0) -> dict:
     x[n - n_dup :] = _unit(x[src] + rng.standard_normal((n_dup, dim)).astype(np.float32) * (0.3 / np.sqrt(dim)))
     views = np.stack([x, _unit(x + rng.standard_normal((n, dim)).astype(np.float32) * (0.2 / np.sqrt(dim)))], axis=1)
     planted = {(int(min(a, b)), int(max(a, b))) for a, b in zip(src, range(n - n_dup, n))}
-    radius, k = near.CANDIDATE_RADIUS, NEAR_K
+    radius, k = near.CANDIDATE_RADIUS, near.NEAR_K
     t0 = time.perf_counter()
     index = build_vector_index(x)
     t_build = time.perf_counter() - t0

@@ -203,6 +203,9 @@ def train(
 
     The pair threshold is calibrated on identities held out of training, so it reflects people
     the tower has never seen.
+
+    \f
+    Long because click hands over its 30 options as parameters; the body parses, calls, prints.
     """
     quiet_tensorflow()
     from siamese_index import Preprocessing, TrainOptions, load_dataset

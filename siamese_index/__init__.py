@@ -55,7 +55,6 @@ _LAZY = {
     "list_feedback": "siamese_index.lifecycle.feedback:list_feedback",
     # deduplication
     "dedup": "siamese_index.duplicates.pipeline:dedup",
-    "enrolled_near_duplicates": "siamese_index.duplicates.enrolled:enrolled_near_duplicates",
     "write_dedup_report": "siamese_index.duplicates.report:write_report",
     "DedupReport": "siamese_index.duplicates.report:DedupReport",
     "DuplicateGroup": "siamese_index.duplicates.report:DuplicateGroup",
@@ -90,7 +89,6 @@ _LAZY = {
     "create_app": "siamese_index.service.app:create_app",
     # results outside siamese_index.types, and helpers the fronts share
     "DemoResult": "siamese_index.demo:DemoResult",
-    "OperatingPoint": "siamese_index.index.openset:OperatingPoint",
     "to_jsonable": "siamese_index.jsonable:to_jsonable",
 }
 
@@ -114,7 +112,6 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the lazy names, imported eagerly
     from siamese_index.demo import DemoResult, run_demo  # noqa: F401
-    from siamese_index.duplicates.enrolled import enrolled_near_duplicates  # noqa: F401
     from siamese_index.duplicates.pipeline import dedup  # noqa: F401
     from siamese_index.duplicates.quarantine import (  # noqa: F401  # noqa: F401
         DeleteResult,
@@ -130,7 +127,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the lazy names, imported eagerl
     from siamese_index.imaging.loading import Preprocessing  # noqa: F401
     from siamese_index.index.facade import SiameseIndex  # noqa: F401
     from siamese_index.index.facade import verify_files as verify  # noqa: F401
-    from siamese_index.index.openset import OperatingPoint  # noqa: F401
     from siamese_index.jsonable import to_jsonable  # noqa: F401
     from siamese_index.lifecycle.feedback import list_feedback  # noqa: F401
     from siamese_index.lifecycle.feedback import record as record_feedback  # noqa: F401

@@ -17,10 +17,11 @@ from click.testing import CliRunner
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from cli.main import cli
-from siamese_index.duplicates import near, quarantine
+from siamese_index.duplicates import quarantine
 from siamese_index.duplicates.linkage import complete_linkage
 from siamese_index.duplicates.pipeline import dedup
 from siamese_index.duplicates.report import write_report
+from siamese_index.imaging import near
 
 
 # ---------------------------------------------------------------------------------------------
@@ -568,9 +569,9 @@ def test_complete_linkage_groups_are_cliques_under_the_threshold():
 
 
 def test_near_describe_step_vectors_per_content_and_skips(photos):
-    from siamese_index.duplicates.cache import NoCache
     from siamese_index.duplicates.describe import Describer
     from siamese_index.duplicates.scan import scan
+    from siamese_index.storage.descriptor_cache import NoCache
 
     root = photos["orig"].parent.parent
     (root / "bad.png").write_text("nope")
@@ -643,7 +644,9 @@ def test_cli_choices_are_the_librarys():
 
 
 def test_enrolled_near_duplicates_has_one_home():
-    from siamese_index.duplicates import enrolled, pipeline
+    from siamese_index.duplicates import pipeline
+    from siamese_index.index import enrollment, near_duplicates
 
-    assert pipeline.enrolled_near_duplicates is enrolled.enrolled_near_duplicates
-    assert enrolled.enrolled_near_duplicates("/nonexistent-home", [], []) == []
+    assert enrollment.enrolled_near_duplicates is near_duplicates.enrolled_near_duplicates
+    assert not hasattr(pipeline, "enrolled_near_duplicates")  # the index never needs the dedup pipeline
+    assert near_duplicates.enrolled_near_duplicates("/nonexistent-home", [], []) == []

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from siamese_index.duplicates import near
-from siamese_index.duplicates.cache import PictureInfo, Store
 from siamese_index.duplicates.report import DedupWarning, Skipped
 from siamese_index.duplicates.scan import NO_INFO, ScannedFile, image_info, sha256_file
 from siamese_index.duplicates.verify import Thumbnails
 from siamese_index.errors import InvalidImage, ModelError
+from siamese_index.imaging import near
+from siamese_index.storage.descriptor_cache import PictureInfo, Store
 
 if TYPE_CHECKING:
     from siamese_index.towers.embedder import Embedder

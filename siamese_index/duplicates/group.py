@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from siamese_index.duplicates import near
-from siamese_index.duplicates.cache import Store
 from siamese_index.duplicates.linkage import Linked, Pair, complete_linkage
 from siamese_index.duplicates.report import DuplicateGroup, FileState, Member
 from siamese_index.duplicates.scan import ScannedFile
-from siamese_index.duplicates.search import IDENTITY_K, NEAR_K, build_vector_index, candidate_pairs
+from siamese_index.duplicates.search import IDENTITY_K, build_vector_index, candidate_pairs
 from siamese_index.duplicates.verify import NearChecker, Thumbnails
+from siamese_index.imaging import near
+from siamese_index.storage.descriptor_cache import Store
 
 Progress = Callable[[str, int, int], None]
 
@@ -87,7 +87,7 @@ def group_near(
         return Grouping(contents.lone_copies())
     x = np.stack([vectors[s] for s in contents.shas]).astype(np.float32).reshape(n, len(near.WINDOWS), near.DIM)
     index = build_vector_index(x[:, 0])
-    pi, pj, _ = candidate_pairs(index, x, radius=near.CANDIDATE_RADIUS, k=NEAR_K, progress=progress)
+    pi, pj, _ = candidate_pairs(index, x, radius=near.CANDIDATE_RADIUS, k=near.NEAR_K, progress=progress)
     verified = checker.check(list(zip(pi.tolist(), pj.tolist())))
 
     def near_distance(i: int, j: int) -> float:

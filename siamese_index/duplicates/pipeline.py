@@ -27,7 +27,7 @@ The steps, one module each:
     report.py    the result types and the JSON / CSV / HTML report files
 Files whose content is identical are treated as one picture (distance 0 to each other).
 Applying a result (moving or deleting files) lives in quarantine.py; the enrollment warning on
-one new photo against an index's photos in enrolled.py.
+one new photo against an index's photos in index/near_duplicates.py.
 """
 
 from __future__ import annotations
@@ -39,10 +39,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from siamese_index.duplicates import near
-from siamese_index.duplicates.cache import Store, open_cache
 from siamese_index.duplicates.describe import Described, Describer
-from siamese_index.duplicates.enrolled import enrolled_near_duplicates
 from siamese_index.duplicates.group import (
     Contents,
     Grouping,
@@ -57,13 +54,14 @@ from siamese_index.duplicates.report import DedupReport, DedupStats, DuplicateGr
 from siamese_index.duplicates.scan import ScanResult, scan
 from siamese_index.duplicates.verify import Thumbnails
 from siamese_index.errors import InvalidData, ModelError
+from siamese_index.imaging import near
+from siamese_index.storage.descriptor_cache import Store, open_cache
 
 if TYPE_CHECKING:
     from siamese_index.towers.embedder import Embedder
 
-# enrolled_near_duplicates and write_report are re-exported: the index's enrollment warning and
-# the public API's map name them here.
-__all__ = ["KEEP_RULES", "LEVELS", "DedupReport", "dedup", "enrolled_near_duplicates", "write_report"]
+# write_report is re-exported: callers that run a dedup usually write its report.
+__all__ = ["KEEP_RULES", "LEVELS", "DedupReport", "dedup", "write_report"]
 
 LEVELS = ("exact", "near", "identity")
 KEEP_RULES = ("largest", "oldest", "first")

@@ -13,12 +13,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from siamese_index.duplicates.cache import PictureInfo
 from siamese_index.duplicates.report import Skipped
 from siamese_index.imaging.loading import is_image_file
+from siamese_index.storage.descriptor_cache import NO_INFO, PictureInfo
 
 READ_CHUNK = 1 << 20
-NO_INFO: PictureInfo = (None, None, None)
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "F")
 
 

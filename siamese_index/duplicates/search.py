@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 
 EXACT_SEARCH_BELOW = 50_000  # vectors: exact FAISS search below, IVF above
 IVF_NPROBE = 8
-NEAR_K = 5  # neighbours fetched per view in the near search
 IDENTITY_K = 16  # neighbours fetched in the identity search
 SEARCH_BATCH = 16384
 Progress = Callable[[str, int, int], None]

@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from siamese_index.duplicates import near
-from siamese_index.duplicates.cache import Store
 from siamese_index.duplicates.linkage import Pair
 from siamese_index.errors import InvalidImage
+from siamese_index.imaging import near
+from siamese_index.storage.descriptor_cache import Store
 
 CHUNK = 1024  # pairs looked up in the cache (and reported as progress) at a time
 KEEP_THUMBNAILS = 2048

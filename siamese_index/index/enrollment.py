@@ -22,6 +22,7 @@ from siamese_index.errors import Busy, InvalidData, InvalidImage, NotFound
 from siamese_index.imaging.loading import is_image_file
 from siamese_index.imaging.sources import Source, as_list, read_source
 from siamese_index.index.cache import VectorCache
+from siamese_index.index.near_duplicates import enrolled_near_duplicates
 from siamese_index.index.search import IdentitySearch
 from siamese_index.index.served import ServedModel
 from siamese_index.storage.copies import PENDING_NAME, recover_pending_copies, store_copy, unlink_copy, write_pending
@@ -34,17 +35,9 @@ MAX_ID_LENGTH = 200
 ENROLL_ATTEMPTS = 3  # enrollments started again when the model version switches meanwhile
 
 # (home, new photos as (label, bytes, sha256), photos of OTHER ids as rows (content_sha256,
-# stored_path, external_id)) -> one list of warnings per new photo. See duplicates/pipeline.py's
-# enrolled_near_duplicates, which the public API wires in (the index never imports dedup).
+# stored_path, external_id)) -> one list of warnings per new photo. The default is
+# index/near_duplicates.py's enrolled_near_duplicates; a caller may inject another.
 NearDuplicateCheck = Callable[[Path, list[tuple[str, bytes, str]], Sequence[Any]], list[list[str]]]
-
-
-def public_near_duplicate_check() -> NearDuplicateCheck | None:
-    """The near-duplicate check the public API provides (siamese_index.enrolled_near_duplicates),
-    looked up on first use, so the index layer never imports the dedup pipeline."""
-    import siamese_index
-
-    return getattr(siamese_index, "enrolled_near_duplicates", None)
 
 
 class _ModelSwitched(Exception):
@@ -235,9 +228,7 @@ class Enrollment:
         if not todo:
             return
         try:
-            check = self._near_duplicates or public_near_duplicate_check()
-            if check is None:
-                return
+            check = self._near_duplicates or enrolled_near_duplicates
             with self._db.read() as conn:
                 others = conn.execute(
                     select(images.c.content_sha256, images.c.stored_path, identities.c.external_id)

@@ -1,4 +1,7 @@
-"""One new photo against an index's enrolled photos: SiameseIndex.enroll's near-duplicate warning.
+"""New photos against a home's enrolled photos: SiameseIndex.enroll's near-duplicate warning.
+
+It lives with the index (not in duplicates/) because enrollment uses it; the descriptor
+(imaging/near.py) and its content cache (storage/descriptor_cache.py) are shared with dedup.
 
 Dedup's near level, for a handful of new photos against a gallery: the near descriptors and
 thumbnails of enrolled photos live in the home's NEAR_SIDECAR, filled in as photos are enrolled
@@ -15,11 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from siamese_index.duplicates import near
-from siamese_index.duplicates.cache import VectorCache
-from siamese_index.duplicates.scan import NO_INFO
-from siamese_index.duplicates.search import NEAR_K
 from siamese_index.errors import InvalidImage
+from siamese_index.imaging import near
+from siamese_index.storage.descriptor_cache import NO_INFO, VectorCache
 
 NEAR_SIDECAR = "near-cache.sqlite"  # in an index's home: near descriptors and thumbnails by content
 
@@ -84,7 +85,7 @@ def _near_hits(
 ) -> dict[str, float]:
     """external id -> near distance of the enrolled photos that are this picture (another content)."""
     d = np.min(np.linalg.norm(g.vectors[None, :, :] - vec[:, None, :], axis=2), axis=0)
-    order = [int(i) for i in np.argsort(d)[:NEAR_K] if d[i] < near.CANDIDATE_RADIUS and g.shas[i] != sha]
+    order = [int(i) for i in np.argsort(d)[: near.NEAR_K] if d[i] < near.CANDIDATE_RADIUS and g.shas[i] != sha]
     hits: dict[str, float] = {}
     if not order:
         return hits

@@ -23,6 +23,7 @@ from siamese_index.errors import InvalidData
 
 # The picture's (width, height, colour: 1 colour, 0 grayscale), None where unknown: --keep largest's keys.
 PictureInfo = tuple[int | None, int | None, int | None]
+NO_INFO: PictureInfo = (None, None, None)  # a picture whose size could not be read
 
 log = logging.getLogger(__name__)
 

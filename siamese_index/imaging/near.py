@@ -43,6 +43,7 @@ DESC_FREQS = 8
 DIM = DESC_FREQS * DESC_FREQS - 1  # 63
 WINDOWS = (1.0, 0.85)  # views described: the whole picture, and its centre
 CANDIDATE_RADIUS = 1.0  # descriptor L2 within which a pair is checked (edited copies: <= ~0.9)
+NEAR_K = 5  # neighbours fetched per view when searching for near duplicates
 THRESHOLD = 0.30  # default near distance below which two files are the same picture
 GRID = 64  # longest side of the grid the aligned pictures are compared on
 BLOCKS = 8
