@@ -23,7 +23,7 @@ class _Progress:
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.tty = sys.stderr.isatty()
-        self.stage = None
+        self.stage: str | None = None
         self.t0 = time.monotonic()
         self.last = 0.0
 
