@@ -16,8 +16,9 @@ and every lookup use that version's embeddings only. Moving to another version (
 
 A crash or kill before that transaction commits leaves the previous version active and
 untouched. What it leaves behind (embeddings of a version that never served, a half-written model
-directory, a version row whose directory was never written) is removed by storage.registry.cleanup_leftovers()
-the next time the home is opened, unless a retrain or activation holds HOME/version.lock.
+directory, a version row whose directory was never written) is removed by
+storage.registry.cleanup_leftovers() the next time the home is opened, unless a retrain or
+activation holds HOME/version.lock.
 
 Versions that once served keep their embeddings (removing a person removes them from every
 version: images -> embeddings is ON DELETE CASCADE and remove() deletes them explicitly), so
