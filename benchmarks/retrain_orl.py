@@ -108,29 +108,29 @@ def main() -> None:
             )
             seconds = time.perf_counter() - t0
             note = ""
-            if not rep["activated"]:
-                activate(idx, rep["version"])
+            if not rep.activated:
+                activate(idx, rep.version)
                 note = " (retrain did not activate it; activated here only to measure it)"
             after = one_shot(idx, TEST_PEOPLE)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
 
-    c = rep["comparison"]
+    c = rep.comparison
     print(
-        f"model {model.name} ({rep['parent']['model_id']}) retrained on ORL s1-s20 pairs: "
-        f"{rep['pairs']['total']} pairs, {rep['pairs']['train']} trained on, {args.epochs} epochs, lr {args.lr:g}, "
+        f"model {model.name} ({rep.parent.model_id}) retrained on ORL s1-s20 pairs: "
+        f"{rep.pairs.total} pairs, {rep.pairs.train} trained on, {args.epochs} epochs, lr {args.lr:g}, "
         f"{seconds:.0f} s"
     )
-    if c["judged"]:
+    if c.judged and c.old is not None and c.new is not None:
         print(
-            f"  retrain's held-out check ({c['held_out_pairs']} pairs of {c['held_out_identities']} s1-s20 people not "
-            f"trained on): AUC {c['old']['auc']:.4f} -> {c['new']['auc']:.4f}, 2-fold accuracy "
-            f"{c['old']['accuracy_2fold'] or float('nan'):.3f} -> {c['new']['accuracy_2fold'] or float('nan'):.3f}"
+            f"  retrain's held-out check ({c.held_out_pairs} pairs of {c.held_out_identities} s1-s20 people not "
+            f"trained on): AUC {c.old.auc:.4f} -> {c.new.auc:.4f}, 2-fold accuracy "
+            f"{c.old.accuracy_2fold or float('nan'):.3f} -> {c.new.accuracy_2fold or float('nan'):.3f}"
         )
     else:
-        print(f"  {c['reason']}")
-    print(f"  decision: {rep['decision']}")
+        print(f"  {c.reason}")
+    print(f"  decision: {rep.decision}")
     print(f"one-shot on s21-s40 (never in the pairs): image 1 enrolled, {before['probes']} probes")
     print(
         f"  before: rank-1 {before['rank1']:.3f}  rank-5 {before['rank5']:.3f}  known and right "

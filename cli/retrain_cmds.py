@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .output import emit_json, fmt, handle_errors, progress_line, quiet_tensorflow, warn
+
+if TYPE_CHECKING:
+    from siamese_index.types import ActivationReport, RetrainReport
 
 home_option = click.option(
     "--home",
@@ -34,21 +38,54 @@ def _progress(done: int, total: int, phase: str) -> None:
     progress_line(f"{phase} {done}/{total}")
 
 
-def _print_activation(rep: dict) -> None:
-    if not rep.get("changed"):
-        click.echo(rep.get("message", "nothing changed"))
+def _print_activation(rep: ActivationReport) -> None:
+    if not rep.changed:
+        click.echo(rep.message or "nothing changed")
         return
     click.echo(
-        f"now serving version {rep['to']} ({rep['model_id']}), generation {rep['generation']}; "
-        f"was version {rep['from']}"
+        f"now serving version {rep.to_version} ({rep.model_id}), generation {rep.generation}; "
+        f"was version {rep.from_version}"
     )
-    last = f" ({rep['caught_up']} of them just before the switch, enrollments paused)" if rep["caught_up"] else ""
+    last = f" ({rep.caught_up} of them just before the switch, enrollments paused)" if rep.caught_up else ""
     click.echo(
-        f"  {rep['images']} photos: {rep['reused']} already embedded by it, {rep['embedded']} re-embedded"
-        f"{last}, in {rep['seconds']:.1f}s"
+        f"  {rep.images} photos: {rep.reused} already embedded by it, {rep.embedded} re-embedded"
+        f"{last}, in {rep.seconds:.1f}s"
     )
-    for d in rep.get("dropped") or []:
-        warn(f"dropped image {d['image_id']} ({d['source_name']}) of {d['id']}: {d['reason']}")
+    for d in rep.dropped:
+        warn(f"dropped image {d.image_id} ({d.source_name}) of {d.identity}: {d.reason}")
+
+
+def _print_retrain(report: RetrainReport) -> None:
+    for w in report.warnings:
+        warn(w)
+    p = report.pairs
+    click.echo(
+        f"version {report.version} ({report.model_id}) from version {report.parent.version}: "
+        f"{p.total} pairs ({p.csv} from the CSV, {p.enrolled} enrolled, {p.feedback} feedback), "
+        f"{p.train} trained on, {p.held_out} held out"
+    )
+    c = report.comparison
+    if c.judged and c.old is not None and c.new is not None:
+        click.echo(
+            f"held out: {c.held_out_pairs} pairs ({c.held_out_genuine} genuine, "
+            f"{c.held_out_impostor} impostor) of {c.held_out_identities} identities not trained on"
+        )
+        click.echo(f"  {'':4} {'AUC':>7} {'threshold':>10} {'accuracy':>9} {'2-fold acc':>11}")
+        for name, s in (("old", c.old), ("new", c.new)):
+            click.echo(
+                f"  {name:4} {fmt(s.auc, 4):>7} {fmt(s.threshold, 4):>10} {fmt(s.accuracy):>9} "
+                f"{fmt(s.accuracy_2fold):>11}"
+            )
+        click.echo(
+            "  (accuracy at each model's own threshold; 2-fold: threshold chosen on half the held-out "
+            "identities, measured on the other half)"
+        )
+    else:
+        click.echo(c.reason)
+    click.echo(f"new threshold {report.threshold:.4f} ({report.threshold_method})")
+    click.echo(report.decision)
+    if report.activation is not None:
+        _print_activation(report.activation)
 
 
 @click.command()
@@ -142,40 +179,10 @@ def retrain(
             progress=progress_line,
         )
     if as_json:
-        emit_json(report)
+        emit_json(report.to_dict())
     else:
-        for w in report["warnings"]:
-            warn(w)
-        p = report["pairs"]
-        click.echo(
-            f"version {report['version']} ({report['model_id']}) from version {report['parent']['version']}: "
-            f"{p['total']} pairs ({p['csv']} from the CSV, {p['enrolled']} enrolled, {p['feedback']} feedback), "
-            f"{p['train']} trained on, {p['held_out']} held out"
-        )
-        c = report["comparison"]
-        if c["judged"]:
-            click.echo(
-                f"held out: {c['held_out_pairs']} pairs ({c['held_out_genuine']} genuine, "
-                f"{c['held_out_impostor']} impostor) of {c['held_out_identities']} identities not trained on"
-            )
-            click.echo(f"  {'':4} {'AUC':>7} {'threshold':>10} {'accuracy':>9} {'2-fold acc':>11}")
-            for name in ("old", "new"):
-                s = c[name]
-                click.echo(
-                    f"  {name:4} {fmt(s['auc'], 4):>7} {fmt(s['threshold'], 4):>10} {fmt(s['accuracy']):>9} "
-                    f"{fmt(s['accuracy_2fold']):>11}"
-                )
-            click.echo(
-                "  (accuracy at each model's own threshold; 2-fold: threshold chosen on half the held-out "
-                "identities, measured on the other half)"
-            )
-        else:
-            click.echo(c["reason"])
-        click.echo(f"new threshold {report['threshold']:.4f} ({report['threshold_method']})")
-        click.echo(report["decision"])
-        if report.get("activation"):
-            _print_activation(report["activation"])
-    if report.get("activation_error"):
+        _print_retrain(report)
+    if report.activation_error:
         raise SystemExit(1)
 
 
@@ -199,12 +206,12 @@ def feedback(query_image, is_id, is_not, list_all, home, as_json):
         with _open(home) as index:
             rows = list_feedback(index)
         if as_json:
-            emit_json({"feedback": rows})
+            emit_json({"feedback": [r.to_dict() for r in rows]})
             return
         for r in rows:
             click.echo(
-                f"{r['feedback_id']:>5}  {r['query']}  {r['label']} {r['identity']}  "
-                f"distance {fmt(r['distance'])}  (version {r['model_version']}, {r['created']})"
+                f"{r.feedback_id:>5}  {r.query}  {r.label} {r.identity}  "
+                f"distance {fmt(r.distance)}  (version {r.model_version}, {r.created})"
             )
         click.echo(f"{len(rows)} corrections")
         return
@@ -215,18 +222,15 @@ def feedback(query_image, is_id, is_not, list_all, home, as_json):
     with _open(home) as index:
         out = record_feedback(index, query_image, is_id=is_id, is_not=is_not)
     if as_json:
-        emit_json(out)
+        emit_json(out.to_dict())
         return
-    verb = "is" if out["label"] == "is" else "is not"
+    verb = "is" if out.label == "is" else "is not"
     click.echo(
-        f"recorded: {out['query']} {verb} {out['identity']}"
-        + (" (replacing an earlier correction)" if out["replaced"] else "")
+        f"recorded: {out.query} {verb} {out.identity}" + (" (replacing an earlier correction)" if out.replaced else "")
     )
-    if out["distance"] is not None:
-        agree = {True: "the model agrees", False: "the model disagrees", None: "no threshold"}[out["model_agreed"]]
-        click.echo(
-            f"distance to {out['identity']}: {out['distance']:.4f}, threshold {fmt(out['threshold'], 4)} ({agree})"
-        )
+    if out.distance is not None:
+        agree = {True: "the model agrees", False: "the model disagrees", None: "no threshold"}[out.model_agreed]
+        click.echo(f"distance to {out.identity}: {out.distance:.4f}, threshold {fmt(out.threshold, 4)} ({agree})")
 
 
 @click.command()
@@ -249,7 +253,7 @@ def reembed(model_dir, drop_unstored, home, as_json):
     with _open(home) as index:
         rep = run_reembed(index, resolve_model_dir(model_dir), drop_unstored=drop_unstored, progress=_progress)
     if as_json:
-        emit_json(rep)
+        emit_json(rep.to_dict())
         return
     _print_activation(rep)
 
@@ -270,15 +274,15 @@ def models_list(home, as_json):
     with _open(home) as index:
         rows = list_versions(index)
     if as_json:
-        emit_json({"versions": rows})
+        emit_json({"versions": [r.to_dict() for r in rows]})
         return
     click.echo(f"{'version':>7}  {'state':9} {'parent':>6} {'threshold':>9} {'vectors':>7}  model")
     for r in rows:
-        mark = "*" if r["active"] else " "
-        extra = f"  [{r['held_out']['verdict']}]" if r.get("held_out") and r["held_out"].get("verdict") else ""
+        mark = "*" if r.active else " "
+        extra = f"  [{r.held_out.verdict}]" if r.held_out is not None and r.held_out.verdict else ""
         click.echo(
-            f"{mark}{r['version']:>6}  {r['state']:9} {fmt(r['parent']):>6} {fmt(r['threshold'], 4):>9} "
-            f"{r['embeddings']:>7}  {r['model_id']}{extra}"
+            f"{mark}{r.version:>6}  {r.state:9} {fmt(r.parent):>6} {fmt(r.threshold, 4):>9} "
+            f"{r.embeddings:>7}  {r.model_id}{extra}"
         )
 
 
@@ -294,7 +298,7 @@ def models_show(version, home, as_json):
     with _open(home) as index:
         info = show_version(index, version)
     if as_json:
-        emit_json(info)
+        emit_json(info.to_dict())
         return
     for key in (
         "version",
@@ -311,8 +315,8 @@ def models_show(version, home, as_json):
         "model_dir_ok",
         "source",
     ):
-        click.echo(f"{key + ':':20} {fmt(info.get(key), 4)}")
-    comp = (info.get("scores") or {}).get("comparison")
+        click.echo(f"{key + ':':20} {fmt(getattr(info, key), 4)}")
+    comp = info.scores.get("comparison")  # as recorded with the version (JSON)
     if comp:
         click.echo(f"{'held-out judged:':20} {comp.get('judged')}")
         for name in ("old", "new"):
@@ -340,7 +344,7 @@ def models_activate(version, drop_unstored, home, as_json):
     with _open(home) as index:
         rep = activate(index, version, drop_unstored=drop_unstored, progress=_progress)
     if as_json:
-        emit_json(rep)
+        emit_json(rep.to_dict())
         return
     _print_activation(rep)
 
@@ -357,7 +361,7 @@ def models_rollback(drop_unstored, home, as_json):
     with _open(home) as index:
         rep = rollback(index, drop_unstored=drop_unstored, progress=_progress)
     if as_json:
-        emit_json(rep)
+        emit_json(rep.to_dict())
         return
     _print_activation(rep)
 
@@ -388,11 +392,11 @@ def models_set_threshold(version, model_dir, threshold, home, as_json):
     with _open(home) as index:
         rep = set_calibration(index, version, model_dir=model_dir, threshold=threshold)
     if as_json:
-        emit_json(rep)
+        emit_json(rep.to_dict())
         return
     click.echo(
-        f"version {rep['version']} ({rep['model_id']}): threshold {fmt(rep['previous_threshold'], 4)} -> "
-        f"{fmt(rep['threshold'], 4)} ({rep['threshold_method'] or 'method not recorded'})"
+        f"version {rep.version} ({rep.model_id}): threshold {fmt(rep.previous_threshold, 4)} -> "
+        f"{fmt(rep.threshold, 4)} ({rep.threshold_method or 'method not recorded'})"
     )
 
 

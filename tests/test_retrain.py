@@ -125,84 +125,84 @@ def test_retrain_fine_tunes_compares_and_activates(idx, tmp_path):
     from siamese_index.lifecycle import versions
     from siamese_index.lifecycle.retrain import RetrainOptions, retrain
 
-    parent = idx._mv
+    parent = idx.version
     pairs = _pairs_csv(tmp_path / "new", people=14)
     lines = []
     rep = retrain(idx, pairs, options=RetrainOptions(epochs=2, learning_rate=1e-3, seed=0), progress=lines.append)
-    c = rep["comparison"]
-    assert c["judged"] and c["held_out_genuine"] >= 10 and c["held_out_impostor"] >= 10
-    assert (
-        rep["pairs"]["csv"]
-        == rep["pairs"]["total"]
-        == rep["pairs"]["train"] + rep["pairs"]["held_out"] + rep["pairs"]["dropped_crossing"]
-    )
-    for name in ("old", "new"):  # both scores, whatever the decision
-        assert 0 <= c[name]["auc"] <= 1 and c[name]["accuracy"] is not None
-    assert c["new"]["threshold"] == rep["threshold"] and len(rep["history"]) == 2
+    c = rep.comparison
+    assert c.judged and c.held_out_genuine >= 10 and c.held_out_impostor >= 10
+    assert rep.pairs.csv == rep.pairs.total == rep.pairs.train + rep.pairs.held_out + rep.pairs.dropped_crossing
+    assert c.old is not None and c.new is not None and c.worse is not None
+    for s in (c.old, c.new):  # both scores, whatever the decision
+        assert 0 <= s.auc <= 1 and s.accuracy is not None
+    assert c.new.threshold == rep.threshold and len(rep.history) == 2
     assert any("epoch 2/2" in line for line in lines)
-    v = rep["version"]
+    v = rep.version
     cfg = json.loads((idx.home / "models" / str(v) / "config.json").read_text())
-    assert cfg["model_id"] == rep["model_id"] and cfg["threshold"] == rep["threshold"]
-    assert cfg["training"]["parent_model_id"] == rep["parent"]["model_id"]
-    row = {r["version"]: r for r in versions.list_versions(idx)}[v]
-    assert row["parent"] == parent
+    assert cfg["model_id"] == rep.model_id and cfg["threshold"] == rep.threshold
+    assert cfg["training"]["parent_model_id"] == rep.parent.model_id
+    assert cfg["metrics"]["retrain"] == c.to_dict()  # the comparison, verdict included, kept with the model
+    row = {r.version: r for r in versions.list_versions(idx)}[v]
+    assert row.parent == parent and row.held_out is not None and row.held_out.verdict == c.verdict
     shown = versions.show_version(idx, v)
-    assert shown["scores"]["comparison"]["old"]["auc"] == c["old"]["auc"]
-    if c["worse"]:
-        assert not rep["activated"] and idx._mv == parent and "not activated" in rep["decision"]
+    assert shown.scores["comparison"]["old"]["auc"] == c.old.auc
+    if c.worse:
+        assert not rep.activated and idx.version == parent and "not activated" in rep.decision
     else:
-        assert rep["activated"] and idx._mv == v and rep["activation"]["embedded"] == 12
-        assert idx.check()["ok"]
+        assert rep.activated and idx.version == v and rep.activation is not None and rep.activation.embedded == 12
+        assert idx.check().ok
 
 
 def test_a_worse_tower_is_not_activated_unless_forced(idx, tmp_path):
     from siamese_index.lifecycle.retrain import RetrainOptions, retrain
 
-    parent = idx._mv
+    parent = idx.version
     pairs = _pairs_csv(tmp_path / "new", people=14)
     rep = retrain(idx, pairs, options=RetrainOptions(epochs=1), _fine_tune=_collapse(0.1))
-    c = rep["comparison"]
-    assert c["judged"] and c["worse"] and c["new"]["auc"] < c["old"]["auc"]
-    assert not rep["activated"] and "not activated" in rep["decision"] and "--force" in rep["decision"]
-    assert idx._mv == parent
+    c = rep.comparison
+    assert c.judged and c.worse and c.old is not None and c.new is not None and c.new.auc < c.old.auc
+    assert not rep.activated and "not activated" in rep.decision and "--force" in rep.decision
+    assert idx.version == parent
     rows = {r[0]: r for r in _versions(idx.home)}
-    assert rows[rep["version"]][2] == 0 and rows[rep["version"]][3] is None  # kept as a candidate
+    assert rows[rep.version][2] == 0 and rows[rep.version][3] is None  # kept as a candidate
     forced = retrain(idx, pairs, options=RetrainOptions(epochs=1, force=True), _fine_tune=_collapse(0.2))
-    assert forced["activated"] and "force" in forced["decision"] and idx._mv == forced["version"]
-    assert forced["comparison"]["old"]["auc"] > forced["comparison"]["new"]["auc"]  # both shown
+    assert forced.activated and "force" in forced.decision and idx.version == forced.version
+    fc = forced.comparison
+    assert fc.old is not None and fc.new is not None and fc.old.auc > fc.new.auc  # both shown
 
 
 def test_too_few_held_out_pairs_is_said_plainly(idx, tmp_path):
     from siamese_index.lifecycle.retrain import RetrainOptions, retrain
 
-    parent = idx._mv
+    parent = idx.version
     pairs = _pairs_csv(tmp_path / "few", people=3, per_person=3)
     rep = retrain(idx, pairs, options=RetrainOptions(epochs=1), _fine_tune=_nudge)
-    c = rep["comparison"]
-    assert not c["judged"] and "too few held-out pairs to judge" in c["reason"]
-    assert rep["pairs"]["train"] == rep["pairs"]["total"] and "optimistic" in rep["threshold_method"]
-    assert not rep["activated"] and idx._mv == parent
+    c = rep.comparison
+    assert not c.judged and c.reason is not None and "too few held-out pairs to judge" in c.reason
+    assert rep.pairs.train == rep.pairs.total and "optimistic" in rep.threshold_method
+    assert not rep.activated and idx.version == parent
+    assert c.old is None and "old" not in c.to_dict() and "worse" not in c.to_dict()  # no scores to show
 
 
 # -- pairs from the home: enrolled photos and feedback ------------------------------------------------
 def test_feedback_and_pairs_from_the_home(idx, tmp_path):
     from siamese_index.lifecycle import feedback
-    from siamese_index.lifecycle.retrain import PairSet, add_enrolled_pairs, add_feedback_pairs, split_pairs
+    from siamese_index.lifecycle.pairsets import PairSet, add_enrolled_pairs, add_feedback_pairs, split_pairs
     from siamese_index.towers.embedder import KerasEmbedder
 
     q = tmp_path / "q.png"
     identity_image(2, 7, 32).save(q)  # a new photo of P02
     got = feedback.record(idx, q, is_id="P02")
-    assert got["label"] == "is" and got["identity"] == "P02" and got["distance"] is not None
+    assert got.label == "is" and got.identity == "P02" and got.distance is not None and not got.replaced
     again = feedback.record(idx, q, is_not="P02")  # the same photo about the same person: replaced
-    assert again["replaced"] and again["feedback_id"] == got["feedback_id"]
+    assert again.replaced and again.feedback_id == got.feedback_id
     feedback.record(idx, q, is_id="P02")
     feedback.record(idx, q, is_not="P04")
     with pytest.raises(NotFound):
         feedback.record(idx, q, is_id="nobody")
-    with pytest.raises(InvalidData):
+    with pytest.raises(InvalidData, match="exactly one"):
         feedback.record(idx, q, is_id="P02", is_not="P04")
-    assert [(r["identity"], r["label"]) for r in feedback.list_feedback(idx)] == [("P02", "is"), ("P04", "is-not")]
+    assert [(r.identity, r.label) for r in feedback.list_feedback(idx)] == [("P02", "is"), ("P04", "is-not")]
 
     ps = PairSet(KerasEmbedder(idx.model_dir))
     add_enrolled_pairs(idx, ps, per_identity=10, seed=0)
@@ -221,7 +221,7 @@ def test_feedback_and_pairs_from_the_home(idx, tmp_path):
     assert held and all(comp[p.a] not in held_ids and comp[p.b] not in held_ids for p in train)
 
     idx.remove("P02")  # removing a person removes their feedback too
-    assert [r["identity"] for r in feedback.list_feedback(idx)] == ["P04"]
+    assert [r.identity for r in feedback.list_feedback(idx)] == ["P04"]
 
     cli = __import__("cli.main", fromlist=["cli"]).cli
     r = CliRunner().invoke(cli, ["feedback", str(q), "--is-not", "P05", "--home", str(idx.home), "--json"])
@@ -229,3 +229,90 @@ def test_feedback_and_pairs_from_the_home(idx, tmp_path):
     assert json.loads(r.output)["label"] == "is-not"
     r = CliRunner().invoke(cli, ["models", "list", "--home", str(idx.home), "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["versions"][0]["state"] == "active"
+
+
+# -- the old-vs-new judge, on hand-made distances ----------------------------------------------------
+_Y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+_FOLD = np.array([0, 0, 1, 1, 0, 0, 1, 1])
+_SEPARATED = np.array([0.1, 0.2, 0.15, 0.25, 0.8, 0.9, 0.85, 0.95])  # every genuine pair closer than every impostor
+_MIXED = np.array([0.1, 0.7, 0.15, 0.75, 0.5, 0.9, 0.55, 0.95])  # two genuine pairs farther than two impostors
+
+
+def test_the_judge_calls_a_tower_worse_only_beyond_the_tolerances():
+    from siamese_index.lifecycle.judge import Tolerances, judge
+
+    better = judge(_MIXED, _SEPARATED, _Y, old_threshold=0.6, new_threshold=0.5, fold=_FOLD)
+    assert better.new.auc == 1.0 and better.old.auc == 0.75 and better.worse == ()
+    assert better.new.accuracy == 1.0 and better.old.accuracy == 0.5  # each at its own threshold
+    assert better.new.mean_genuine_distance == pytest.approx(0.175)
+    assert better.new.mean_impostor_distance == pytest.approx(0.875)
+
+    worse = judge(_SEPARATED, _MIXED, _Y, old_threshold=0.5, new_threshold=0.6, fold=_FOLD)
+    assert len(worse.worse) == 2 and worse.worse[0].startswith("held-out AUC 0.7500 < 1.0000")
+    assert worse.worse[1].startswith("held-out 2-fold accuracy")
+    # The same drop within generous tolerances is not worse; without folds there is no 2-fold score.
+    lenient = judge(_SEPARATED, _MIXED, _Y, old_threshold=0.5, new_threshold=0.6, tolerances=Tolerances(0.25, 0.5))
+    assert lenient.worse == () and lenient.new.accuracy_2fold is None
+    # A collapsed tower (one distance for every pair) separates nothing; without a threshold, no accuracy.
+    flat = judge(_SEPARATED, np.full(8, 0.3), _Y, old_threshold=0.5, new_threshold=None)
+    assert flat.new.auc <= 0.5 and flat.worse[0].startswith("held-out AUC") and flat.new.accuracy is None
+
+
+def test_two_fold_accuracy_needs_both_labels_in_each_fold():
+    from siamese_index.lifecycle.judge import two_fold_accuracy
+
+    assert two_fold_accuracy(_SEPARATED, _Y, _FOLD) == 1.0
+    one_sided = np.array([0, 0, 0, 0, 1, 1, 1, 1])  # fold 0 has only genuine pairs
+    assert two_fold_accuracy(_SEPARATED, _Y, one_sided) is None
+
+
+@pytest.mark.parametrize(
+    ("judged", "worse", "force", "activate", "go", "words"),
+    [
+        (True, (), False, True, True, "activated: not worse on the held-out pairs"),
+        (True, ("held-out AUC 0.5 < 0.9",), False, True, False, "not activated: the new tower is worse: held-out AUC"),
+        (True, ("held-out AUC 0.5 < 0.9",), True, True, True, "activated with --force although worse"),
+        (False, (), False, True, False, "not activated: too few held-out pairs to judge"),
+        (False, (), True, True, True, "activated with --force, unjudged"),
+        (True, (), False, False, False, "recorded, not activated (--no-activate); verdict: not worse"),
+        (True, ("x",), True, False, False, "recorded, not activated (--no-activate); verdict: worse: x"),
+    ],
+)
+def test_the_decision_follows_the_verdict(judged, worse, force, activate, go, words):
+    from siamese_index.lifecycle.judge import decide
+
+    d = decide(judged, worse, force=force, activate=activate)
+    assert d.activate is go and d.decision.startswith(words)
+    assert d.verdict == (
+        "not judged: too few held-out pairs"
+        if not judged
+        else ("worse: " + "; ".join(worse) if worse else "not worse on the held-out pairs")
+    )
+
+
+def test_reports_keep_the_json_keys_the_cli_printed():
+    from siamese_index.types import ActivationReport, DroppedImage
+
+    idle = ActivationReport(
+        changed=False, from_version=2, to_version=2, model_id="m", images=3, reused=3, message="already"
+    )
+    assert list(idle.to_dict()) == [
+        "changed", "from", "to", "model_id", "images", "reused", "embedded", "caught_up", "dropped",
+        "generation", "seconds", "message",
+    ]  # fmt: skip
+    switched = ActivationReport(
+        changed=True,
+        from_version=1,
+        to_version=2,
+        model_id="m",
+        images=3,
+        reused=1,
+        embedded=2,
+        dropped=(DroppedImage(7, "E1", "a.jpg", "no stored copy"),),
+        generation=5,
+        registered=True,
+    )
+    d = switched.to_dict()
+    assert "message" not in d and d["registered"] is True and d["from"] == 1 and d["to"] == 2
+    assert d["dropped"] == [{"image_id": 7, "id": "E1", "source_name": "a.jpg", "reason": "no stored copy"}]
+    assert switched["to"] == 2 and switched.get("message") is None  # read-only dict access, as before

@@ -241,11 +241,6 @@ class SiameseIndex:
     def index_path(self) -> Path:
         return self._cache.path
 
-    # Private names that tests of other packages still read; use version/generation/vectors/db.
-    _mv = version
-    _generation = generation
-    _vectors = vectors
-
     # -- the interface for lifecycle/ (model versions, retrain, feedback, thresholds) -----------
     @property
     def db(self) -> Database:

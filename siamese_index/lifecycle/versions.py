@@ -16,8 +16,9 @@ and every lookup use that version's embeddings only. Moving to another version (
 
 A crash or kill before that transaction commits leaves the previous version active and
 untouched. What it leaves behind (embeddings of a version that never served, a half-written model
-directory, a version row whose directory was never written) is removed by cleanup_leftovers()
-the next time the home is opened, unless a retrain or activation holds HOME/version.lock.
+directory, a version row whose directory was never written) is removed by
+storage.registry.cleanup_leftovers() the next time the home is opened, unless a retrain or
+activation holds HOME/version.lock.
 
 Versions that once served keep their embeddings (removing a person removes them from every
 version: images -> embeddings is ON DELETE CASCADE and remove() deletes them explicitly), so
@@ -37,11 +38,13 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import Connection, Row, Select, exists, func, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from siamese_index.errors import InvalidData, InvalidImage, ModelError, ModelMismatch
@@ -54,15 +57,18 @@ from siamese_index.storage.db import (
     now_iso,
     vector_blob,
 )
-from siamese_index.storage.registry import (  # noqa: F401 - re-exported: retrain and thresholds use them
+from siamese_index.storage.registry import (
     MODELS_DIR_NAME,
-    cleanup_leftovers,
     holding_version_lock,
     insert_version,
     model_path,
     resolve_version,
-    version_lock,
 )
+from siamese_index.types import ActivationReport, DroppedImage, HeldOutSummary, ModelVersion, VersionDetails
+
+if TYPE_CHECKING:
+    from siamese_index.index.facade import SiameseIndex
+    from siamese_index.towers.embedder import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -70,19 +76,31 @@ REEMBED_BATCH = 64
 CATCH_UP_UNDER_LOCK = 32  # at most this many images left: embed them under the writer lock and switch
 SLEEP_ENV = "SIAMESE_INDEX_TEST_REEMBED_SLEEP"  # test hook: seconds to pause after each re-embedded batch
 
+Progress = Callable[[int, int, str], None]
+
 
 # ---------------------------------------------------------------------------------------------
 # Reading versions
 # ---------------------------------------------------------------------------------------------
-def _state(row) -> str:
+def _state(row: Any) -> str:
     if row.active:
         return "active"
     return "kept" if row.activated_at else "candidate"
 
 
-def _describe(row, home: Path, n_embeddings: int, full: bool = False) -> dict:
+def _held_out(scores: dict[str, Any]) -> HeldOutSummary | None:
+    """The verdict of the retrain that made the version, when one did."""
+    c = scores.get("comparison")
+    if not c:
+        return None
+    return HeldOutSummary(c.get("judged"), c.get("old_auc"), c.get("new_auc"), c.get("verdict"))
+
+
+def _version_fields(row: Any, home: Path, n_embeddings: int) -> dict[str, Any]:
+    """ModelVersion's fields of a model_versions row."""
     scores = json.loads(row.scores or "{}")
-    d = {
+    p = model_path(home, row.model_dir)
+    return {
         "version": int(row.id),
         "model_id": row.model_id,
         "state": _state(row),
@@ -93,54 +111,70 @@ def _describe(row, home: Path, n_embeddings: int, full: bool = False) -> dict:
         "created": row.created_at,
         "activated": row.activated_at,
         "embeddings": int(n_embeddings),
-        "model_dir": str(model_path(home, row.model_dir)) if row.model_dir else None,
+        "model_dir": str(p) if p is not None else None,
         "source": scores.get("source", "recorded when the home was created" if row.parent is None else None),
+        "held_out": _held_out(scores),
     }
-    comparison = scores.get("comparison")
-    if comparison:
-        d["held_out"] = {k: comparison.get(k) for k in ("judged", "old_auc", "new_auc", "verdict")}
-    if full:
-        d["scores"] = scores
-        p = model_path(home, row.model_dir)
-        d["model_dir_ok"] = bool(p and (p / "config.json").is_file())
-    return d
 
 
-def _embedding_counts(conn) -> dict[int, int]:
+def _embedding_counts(conn: Connection) -> dict[int, int]:
     rows = conn.execute(select(embeddings.c.model_version, func.count()).group_by(embeddings.c.model_version)).all()
     return {int(v): int(n) for v, n in rows}
 
 
-def list_versions(idx) -> list[dict]:
+def list_versions(idx: SiameseIndex) -> list[ModelVersion]:
     """Every model version of the home, oldest first, with its state (active, kept: served
     before and still has its vectors, candidate: never served), parent and vector count."""
     idx.ensure_open()
     with idx.db.read() as conn:
         rows = conn.execute(select(model_versions).order_by(model_versions.c.id)).all()
         counts = _embedding_counts(conn)
-    return [_describe(r, idx.home, counts.get(int(r.id), 0)) for r in rows]
+    return [ModelVersion(**_version_fields(r, idx.home, counts.get(int(r.id), 0))) for r in rows]
 
 
-def show_version(idx, ref="active") -> dict:
+def show_version(idx: SiameseIndex, ref: int | str = "active") -> VersionDetails:
     """One version in full: list_versions()'s fields plus its scores (retrain comparison,
-    calibration) and whether its model directory is intact."""
+    calibration), whether its model directory is intact and how many images it lacks."""
     idx.ensure_open()
     with idx.db.read() as conn:
         row = resolve_version(conn, ref)
-        n = conn.execute(
-            select(func.count()).select_from(embeddings).where(embeddings.c.model_version == row.id)
-        ).scalar()
-        n_images = conn.execute(select(func.count()).select_from(images)).scalar()
-    d = _describe(row, idx.home, n, full=True)
-    d["images"] = int(n_images)
-    d["missing_embeddings"] = int(n_images) - int(n)  # what activating it would embed (roughly)
-    return d
+        n = int(
+            conn.execute(
+                select(func.count()).select_from(embeddings).where(embeddings.c.model_version == row.id)
+            ).scalar_one()
+        )
+        n_images = int(conn.execute(select(func.count()).select_from(images)).scalar_one())
+    p = model_path(idx.home, row.model_dir)
+    return VersionDetails(
+        **_version_fields(row, idx.home, n),
+        scores=json.loads(row.scores or "{}"),
+        model_dir_ok=bool(p and (p / "config.json").is_file()),
+        images=n_images,
+        missing_embeddings=n_images - n,  # what activating it would embed (roughly)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Registering a new version (a copy of its model directory kept in the home)
 # ---------------------------------------------------------------------------------------------
-def register_model_dir(idx, model_dir, scores: dict | None = None) -> tuple[int, bool]:
+def _copy_into_home(home: Path, vid: int, src: Path) -> None:
+    """Copy a model directory's files to HOME/models/<vid>, appearing there whole or not at all."""
+    models = home / MODELS_DIR_NAME
+    models.mkdir(mode=0o700, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{vid}.", dir=models))
+    try:
+        for f in src.iterdir():
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+        os.replace(tmp, models / str(vid))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def register_model_dir(
+    idx: SiameseIndex, model_dir: str | Path, scores: dict[str, Any] | None = None
+) -> tuple[int, bool]:
     """Make a model directory a version of this home (copied to HOME/models/<version>, parent:
     the active version). Returns (version, created); a model already known returns its version."""
     from siamese_index.towers.embedder import KerasEmbedder
@@ -167,25 +201,16 @@ def register_model_dir(idx, model_dir, scores: dict | None = None) -> tuple[int,
         vid = insert_version(
             idx.db, model_id=emb.model_id, dim=emb.dim, threshold=cfg.threshold, parent=int(active.id), scores=info
         )
-        models = idx.home / MODELS_DIR_NAME
-        models.mkdir(mode=0o700, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{vid}.", dir=models))
-        try:
-            for f in src.iterdir():
-                if f.is_file():
-                    shutil.copy2(f, tmp / f.name)
-            os.replace(tmp, models / str(vid))
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        _copy_into_home(idx.home, vid, src)
     log.info("registered %s as model version %d", emb.model_id, vid)
     return vid, True
 
 
 # ---------------------------------------------------------------------------------------------
-# Activation
+# Activation, step by step
 # ---------------------------------------------------------------------------------------------
-def _missing_stmt(version: int):
+def _missing_stmt(version: int) -> Select[Any]:
+    """The enrolled images that have no embedding by `version`, oldest first."""
     has = exists().where(embeddings.c.image_id == images.c.id, embeddings.c.model_version == version)
     return (
         select(
@@ -197,39 +222,20 @@ def _missing_stmt(version: int):
     )
 
 
-def _load_embedder(home: Path, row):
-    from siamese_index.towers.embedder import KerasEmbedder
-
-    p = model_path(home, row.model_dir)
-    if p is None or not p.is_dir():
-        raise ModelError(
-            f"model version {row.id} ({row.model_id}) has no model directory "
-            f"(recorded at {row.model_dir or 'an injected embedder'}); it cannot embed"
-        )
-    emb = KerasEmbedder(p)
-    if emb.model_id != row.model_id or int(emb.dim) != int(row.dim):
-        raise ModelMismatch(
-            f"{p} holds model {emb.model_id} (size {emb.dim}); version {row.id} is {row.model_id} (size {row.dim})"
-        )
-    return emb
+def _no_directory(row: Any, what: str) -> ModelError:
+    return ModelError(
+        f"model version {row.id} ({row.model_id}) has no model directory "
+        f"(recorded at {row.model_dir or 'an injected embedder'}); it cannot {what}"
+    )
 
 
-def _test_pause() -> None:
-    value = os.environ.get(SLEEP_ENV)
-    if value:
-        time.sleep(float(value))
-
-
-def _check_model_dir(home: Path, row) -> None:
+def _check_model_dir(home: Path, row: Any) -> None:
     """Without loading the tower: the version's directory is there and holds that model."""
     from siamese_index.towers.modeldir import WEIGHTS_NAME, read_config
 
     p = model_path(home, row.model_dir)
     if p is None or not p.is_dir():
-        raise ModelError(
-            f"model version {row.id} ({row.model_id}) has no model directory "
-            f"(recorded at {row.model_dir or 'an injected embedder'}); it cannot serve"
-        )
+        raise _no_directory(row, "serve")
     cfg = read_config(p)
     if cfg.model_id != row.model_id or int(cfg.embedding_dim) != int(row.dim) or not (p / WEIGHTS_NAME).is_file():
         raise ModelMismatch(
@@ -238,36 +244,83 @@ def _check_model_dir(home: Path, row) -> None:
         )
 
 
-def _embed_rows(idx, get_emb, rows) -> tuple[list[int], np.ndarray, dict[int, str]]:
+def _check_target(home: Path, target: Any, embedder: Embedder | None) -> None:
+    """The target can embed: the given embedder is its model, or its directory holds it."""
+    if embedder is None:
+        _check_model_dir(home, target)  # the tower itself is loaded once there is work for it
+    elif embedder.model_id != target.model_id or int(embedder.dim) != int(target.dim):
+        raise ModelMismatch(f"the given embedder is {embedder.model_id}; version {target.id} is {target.model_id}")
+
+
+class _TargetTower:
+    """The target version's embedder, loaded from its model directory on first use."""
+
+    def __init__(self, home: Path, row: Any, given: Embedder | None):
+        self.home, self.row, self.loaded = home, row, given
+
+    def get(self) -> Embedder:
+        if self.loaded is None:
+            self.loaded = self._load()
+        return self.loaded
+
+    def _load(self) -> Embedder:
+        from siamese_index.towers.embedder import KerasEmbedder
+
+        row = self.row
+        p = model_path(self.home, row.model_dir)
+        if p is None or not p.is_dir():
+            raise _no_directory(row, "embed")
+        emb = KerasEmbedder(p)
+        if emb.model_id != row.model_id or int(emb.dim) != int(row.dim):
+            raise ModelMismatch(
+                f"{p} holds model {emb.model_id} (size {emb.dim}); version {row.id} is {row.model_id} (size {row.dim})"
+            )
+        return emb
+
+
+def _test_pause() -> None:
+    value = os.environ.get(SLEEP_ENV)
+    if value:
+        time.sleep(float(value))
+
+
+def _stored_bytes(home: Path, r: Any) -> bytes | str:
+    """An image's stored copy, or why it cannot be used."""
+    if not r.stored_path:
+        return "no stored copy (enrolled without keeping images)"
+    try:
+        data = (home / r.stored_path).read_bytes()
+    except OSError:
+        return f"its stored copy {r.stored_path} is missing"
+    if hashlib.sha256(data).hexdigest() != r.content_sha256:
+        return f"its stored copy {r.stored_path} is damaged (content hash differs)"
+    return data
+
+
+def _embed_rows(
+    idx: SiameseIndex, tower: _TargetTower, rows: Sequence[Any]
+) -> tuple[list[int], np.ndarray, dict[int, str]]:
     """Embed images from their stored copies: (ids, vectors, {image id: why it could not be})."""
     if not rows:
         return [], np.zeros((0, 0), np.float32), {}
-    emb = get_emb()
+    emb = tower.get()
     ids, arrays, failed = [], [], {}
     for r in rows:
-        if not r.stored_path:
-            failed[r.id] = "no stored copy (enrolled without keeping images)"
-            continue
-        path = idx.home / r.stored_path
-        try:
-            data = path.read_bytes()
-        except OSError:
-            failed[r.id] = f"its stored copy {r.stored_path} is missing"
-            continue
-        if hashlib.sha256(data).hexdigest() != r.content_sha256:
-            failed[r.id] = f"its stored copy {r.stored_path} is damaged (content hash differs)"
+        data = _stored_bytes(idx.home, r)
+        if isinstance(data, str):
+            failed[int(r.id)] = data
             continue
         try:
             arr, _ = emb.prepare(data, name=r.source_name or r.stored_path, strict_face=False)
         except InvalidImage as e:
-            failed[r.id] = f"its stored copy is unusable by this model ({e.reason})"
+            failed[int(r.id)] = f"its stored copy is unusable by this model ({e.reason})"
             continue
         ids.append(int(r.id))
         arrays.append(arr)
     return ids, idx.embed(arrays, emb), failed
 
 
-def _write_vectors(conn, version: int, ids: list[int], vecs: np.ndarray) -> int:
+def _write_vectors(conn: Connection, version: int, ids: list[int], vecs: np.ndarray) -> int:
     """Insert embeddings for the images that still exist (one may have been removed meanwhile)."""
     if not ids:
         return 0
@@ -283,14 +336,137 @@ def _write_vectors(conn, version: int, ids: list[int], vecs: np.ndarray) -> int:
     return len(rows)
 
 
-def _unusable_message(version: int, unusable: dict[int, tuple]) -> str:
-    listed = "; ".join(f"image {i} ({who}, {name}): {why}" for i, (who, name, why) in list(unusable.items())[:5])
+def _unusable_message(version: int, unusable: dict[int, DroppedImage]) -> str:
+    listed = "; ".join(f"image {i} ({d.identity}, {d.source_name}): {d.reason}" for i, d in list(unusable.items())[:5])
     more = f" and {len(unusable) - 5} more" if len(unusable) > 5 else ""
     return (
         f"{len(unusable)} enrolled images cannot be embedded by version {version}: {listed}{more}. "
         f"Re-enroll them from the originals, or pass --drop-unstored to remove these images "
         f"(their people stay enrolled with their other photos); nothing was switched"
     )
+
+
+def _unstored(missing: Sequence[Any]) -> dict[int, DroppedImage]:
+    """The images that no tower can re-embed: enrolled without a stored copy."""
+    return {
+        int(r.id): DroppedImage(
+            int(r.id), r.external_id, r.source_name, "no stored copy (enrolled without keeping images)"
+        )
+        for r in missing
+        if not r.stored_path
+    }
+
+
+def _pending(db: Database, vid: int, unusable: dict[int, DroppedImage]) -> list[Any]:
+    """The images still lacking a vector by `vid`, less those known to be unusable."""
+    with db.read() as conn:
+        return [r for r in conn.execute(_missing_stmt(vid)).all() if int(r.id) not in unusable]
+
+
+def _embed_chunk(
+    idx: SiameseIndex, tower: _TargetTower, rows: Sequence[Any], unusable: dict[int, DroppedImage]
+) -> tuple[list[int], np.ndarray]:
+    """Embed `rows`; the ones that cannot be embedded join `unusable`."""
+    ids, vecs, failed = _embed_rows(idx, tower, rows)
+    by_id = {int(r.id): r for r in rows}
+    for i, why in failed.items():
+        unusable[i] = DroppedImage(i, by_id[i].external_id, by_id[i].source_name, why)
+    return ids, vecs
+
+
+def _bulk_passes(
+    idx: SiameseIndex,
+    vid: int,
+    tower: _TargetTower,
+    unusable: dict[int, DroppedImage],
+    todo_total: int,
+    batch_size: int,
+    progress: Progress | None,
+) -> int:
+    """Embed in batches WITHOUT the writer lock, each batch in its own write that readers of the
+    active version do not see (no change-counter bump), until at most CATCH_UP_UNDER_LOCK images
+    are left (enrollments go on meanwhile, hence the passes). Returns how many it embedded."""
+    embedded = 0
+    while len(rows := _pending(idx.db, vid, unusable)) > CATCH_UP_UNDER_LOCK:
+        todo_total = max(todo_total, embedded + len(rows))
+        for start in range(0, len(rows), batch_size):
+            ids, vecs = _embed_chunk(idx, tower, rows[start : start + batch_size], unusable)
+            with idx.db.write(bump=False) as txn:
+                embedded += _write_vectors(txn.conn, vid, ids, vecs)
+            if progress is not None:
+                progress(embedded, todo_total, "re-embedding")
+            _test_pause()
+    return embedded
+
+
+def _move_active_flag(conn: Connection, from_version: int, vid: int) -> int:
+    """Inside the switching transaction: `vid` becomes the active version, the previous one is
+    kept (activated_at stays), the index generation is bumped. Returns the new generation."""
+    now = now_iso()
+    conn.execute(
+        update(model_versions)
+        .where(model_versions.c.active == 1)
+        .values(active=0, activated_at=func.coalesce(model_versions.c.activated_at, now))
+    )
+    conn.execute(update(model_versions).where(model_versions.c.id == vid).values(active=1, activated_at=now))
+    generation = int(Database.get_meta(conn, "index_generation", "1") or "1") + 1
+    Database.set_meta(conn, "index_generation", str(generation))
+    Database.set_meta(
+        conn,
+        "last_switch",
+        json.dumps({"from": from_version, "to": vid, "at": now, "generation": generation}),
+    )
+    return generation
+
+
+def _switch(
+    idx: SiameseIndex, vid: int, from_version: int, ids: list[int], vecs: np.ndarray, drop: dict[int, DroppedImage]
+) -> tuple[int, int, list[Path]]:
+    """ONE transaction: the last vectors, the dropped images gone, every image checked to have a
+    vector by `vid`, then the switch. Returns (vectors written, generation, copies to unlink)."""
+    unlink: list[Path] = []
+    with idx.db.write() as txn:
+        conn = txn.conn
+        written = _write_vectors(conn, vid, ids, vecs)
+        if drop:
+            gone = conn.execute(select(images).where(images.c.id.in_(list(drop)))).all()
+            unlink = idx.delete_images(conn, gone)
+        left = conn.execute(select(func.count()).select_from(_missing_stmt(vid).subquery())).scalar()
+        if left:
+            raise ModelError(f"{left} images still lack an embedding by version {vid}; nothing was switched")
+        generation = _move_active_flag(conn, from_version, vid)
+    return written, generation, unlink
+
+
+def _serve_new(idx: SiameseIndex, tower: _TargetTower, unlink: list[Path]) -> None:
+    """After the committed switch, still under the writer lock: rebuild and save FAISS for the
+    new version before others write; delete the stored copies of dropped images."""
+    try:
+        idx.switch_embedder(tower.loaded)
+    except Exception:  # noqa: BLE001 - SQLite is committed; the cache is rebuilt on next use
+        log.exception("loading the new version's FAISS index failed; it is rebuilt on next use")
+        idx.drop_cache()
+    if unlink:
+        idx.unlink_after_commit(unlink)
+
+
+def _catch_up_and_switch(
+    idx: SiameseIndex,
+    vid: int,
+    from_version: int,
+    tower: _TargetTower,
+    unusable: dict[int, DroppedImage],
+    drop_unstored: bool,
+) -> tuple[int, int]:
+    """Under the writer lock (enrollments wait): embed what is left, including photos enrolled
+    meanwhile, and switch. Returns (caught up, generation)."""
+    with idx.db.lock:
+        ids, vecs = _embed_chunk(idx, tower, _pending(idx.db, vid, unusable), unusable)
+        if unusable and not drop_unstored:
+            raise InvalidData(_unusable_message(vid, unusable))
+        caught_up, generation, unlink = _switch(idx, vid, from_version, ids, vecs, unusable)
+        _serve_new(idx, tower, unlink)
+    return caught_up, generation
 
 
 def _discard_candidate_vectors(db: Database, version: int) -> None:
@@ -304,151 +480,74 @@ def _discard_candidate_vectors(db: Database, version: int) -> None:
         log.warning("could not drop the partial embeddings of version %d; the next open does", version)
 
 
+def _read_plan(idx: SiameseIndex, ref: int | str) -> tuple[Row[Any], Row[Any], int, list[Row[Any]]]:
+    """(target, current, number of images, images lacking a vector by the target)."""
+    with idx.db.read() as conn:
+        target = resolve_version(conn, ref)
+        current = conn.execute(select(model_versions).where(model_versions.c.active == 1)).one()
+        total = int(conn.execute(select(func.count()).select_from(images)).scalar_one())
+        missing = list(conn.execute(_missing_stmt(int(target.id))).all())
+    return target, current, total, missing
+
+
 def activate(
-    idx,
-    ref,
+    idx: SiameseIndex,
+    ref: int | str,
     *,
     drop_unstored: bool = False,
-    embedder=None,
+    embedder: Embedder | None = None,
     batch_size: int = REEMBED_BATCH,
-    progress: Callable[[int, int, str], None] | None = None,
-) -> dict:
+    progress: Progress | None = None,
+) -> ActivationReport:
     """Make model version `ref` (see resolve_version) the one the home serves.
 
     Re-embeds every enrolled image lacking a vector by that version, while the current version
     keeps answering, then switches in one transaction (see the module notes). embedder: the
     version's embedder when already loaded (default: from its model directory).
-    progress(done, total, phase) is called after each batch.
-    Returns {"changed", "from", "to", "model_id", "generation", "images", "reused" (vectors it
-    already had), "embedded" (all it embedded), "caught_up" (of those, embedded under the writer
-    lock just before the switch: the last batch and photos enrolled meanwhile), "dropped",
-    "seconds"}. Raises Busy when another retrain or activation runs, InvalidData when
-    images cannot be re-embedded (see drop_unstored), ModelError when the version cannot embed.
+    progress(done, total, phase) is called after each batch. Returns an ActivationReport.
+    Raises Busy when another retrain or activation runs, InvalidData when images cannot be
+    re-embedded (see drop_unstored), ModelError when the version cannot embed.
     """
     idx.ensure_open()
-    db = idx.db
     started = time.perf_counter()
     with holding_version_lock(idx.home):
-        with db.read() as conn:
-            target = resolve_version(conn, ref)
-            current = conn.execute(select(model_versions).where(model_versions.c.active == 1)).one()
-            total = int(conn.execute(select(func.count()).select_from(images)).scalar())
-            missing = conn.execute(_missing_stmt(int(target.id))).all()
-        report = {
-            "changed": False,
-            "from": int(current.id),
-            "to": int(target.id),
-            "model_id": target.model_id,
-            "images": total,
-            "reused": total - len(missing),
-            "embedded": 0,
-            "caught_up": 0,
-            "dropped": [],
-            "generation": None,
-            "seconds": 0.0,
-        }
-        if target.id == current.id:
-            report["message"] = f"version {target.id} is already active"
-            return report
-        if embedder is not None:
-            if embedder.model_id != target.model_id or int(embedder.dim) != int(target.dim):
-                raise ModelMismatch(
-                    f"the given embedder is {embedder.model_id}; version {target.id} is {target.model_id}"
-                )
-        else:
-            _check_model_dir(idx.home, target)  # the tower itself is loaded once there is work for it
-        loaded = [embedder]
-
-        def get_emb():
-            if loaded[0] is None:
-                loaded[0] = _load_embedder(idx.home, target)
-            return loaded[0]
-
-        unusable: dict[int, tuple] = {
-            r.id: (r.external_id, r.source_name, "no stored copy (enrolled without keeping images)")
-            for r in missing
-            if not r.stored_path
-        }
+        target, current, total, missing = _read_plan(idx, ref)
+        vid, was = int(target.id), int(current.id)
+        report = ActivationReport(
+            changed=False,
+            from_version=was,
+            to_version=vid,
+            model_id=target.model_id,
+            images=total,
+            reused=total - len(missing),
+        )
+        if vid == was:
+            return replace(report, message=f"version {vid} is already active")
+        _check_target(idx.home, target, embedder)
+        unusable = _unstored(missing)
         if unusable and not drop_unstored:
-            raise InvalidData(_unusable_message(int(target.id), unusable))
-        vid = int(target.id)
+            raise InvalidData(_unusable_message(vid, unusable))
+        tower = _TargetTower(idx.home, target, embedder)
         try:
-            todo_total = len(missing) - len(unusable)
-            while True:  # bulk passes without holding the writer lock
-                with db.read() as conn:
-                    rows = [r for r in conn.execute(_missing_stmt(vid)).all() if r.id not in unusable]
-                if len(rows) <= CATCH_UP_UNDER_LOCK:
-                    break
-                todo_total = max(todo_total, report["embedded"] + len(rows))
-                for start in range(0, len(rows), batch_size):
-                    chunk = rows[start : start + batch_size]
-                    ids, vecs, failed = _embed_rows(idx, get_emb, chunk)
-                    by_id = {r.id: r for r in chunk}
-                    unusable.update({i: (by_id[i].external_id, by_id[i].source_name, why) for i, why in failed.items()})
-                    with db.write(bump=False) as txn:
-                        report["embedded"] += _write_vectors(txn.conn, vid, ids, vecs)
-                    if progress is not None:
-                        progress(report["embedded"], todo_total, "re-embedding")
-                    _test_pause()
-            with db.lock:  # enrollments wait from here to the switch
-                with db.read() as conn:
-                    rows = [r for r in conn.execute(_missing_stmt(vid)).all() if r.id not in unusable]
-                ids, vecs, failed = _embed_rows(idx, get_emb, rows)
-                by_id = {r.id: r for r in rows}
-                unusable.update({i: (by_id[i].external_id, by_id[i].source_name, why) for i, why in failed.items()})
-                if unusable and not drop_unstored:
-                    raise InvalidData(_unusable_message(vid, unusable))
-                unlink: list[Path] = []
-                with db.write() as txn:
-                    conn = txn.conn
-                    report["caught_up"] = _write_vectors(conn, vid, ids, vecs)
-                    report["embedded"] += report["caught_up"]
-                    if unusable:
-                        gone = conn.execute(select(images).where(images.c.id.in_(list(unusable)))).all()
-                        unlink = idx.delete_images(conn, gone)
-                        report["dropped"] = [
-                            {"image_id": int(i), "id": who, "source_name": name, "reason": why}
-                            for i, (who, name, why) in unusable.items()
-                        ]
-                    left = conn.execute(select(func.count()).select_from(_missing_stmt(vid).subquery())).scalar()
-                    if left:
-                        raise ModelError(
-                            f"{left} images still lack an embedding by version {vid}; nothing was switched"
-                        )
-                    now = now_iso()
-                    conn.execute(
-                        update(model_versions)
-                        .where(model_versions.c.active == 1)
-                        .values(active=0, activated_at=func.coalesce(model_versions.c.activated_at, now))
-                    )
-                    conn.execute(
-                        update(model_versions).where(model_versions.c.id == vid).values(active=1, activated_at=now)
-                    )
-                    generation = int(Database.get_meta(conn, "index_generation", "1")) + 1
-                    Database.set_meta(conn, "index_generation", str(generation))
-                    Database.set_meta(
-                        conn,
-                        "last_switch",
-                        json.dumps({"from": int(current.id), "to": vid, "at": now, "generation": generation}),
-                    )
-                # Committed: the new version serves. Rebuild and save FAISS before others write.
-                try:
-                    idx.switch_embedder(loaded[0])
-                except Exception:  # noqa: BLE001 - SQLite is committed; the cache is rebuilt on next use
-                    log.exception("loading the new version's FAISS index failed; it is rebuilt on next use")
-                    idx.drop_cache()
-                if unlink:
-                    idx.unlink_after_commit(unlink)
+            bulk = _bulk_passes(idx, vid, tower, unusable, len(missing) - len(unusable), batch_size, progress)
+            caught_up, generation = _catch_up_and_switch(idx, vid, was, tower, unusable, drop_unstored)
         except BaseException:
             if not target.active and target.activated_at is None:
-                _discard_candidate_vectors(db, vid)
+                _discard_candidate_vectors(idx.db, vid)
             raise
-        report.update(changed=True, generation=generation, seconds=round(time.perf_counter() - started, 2))
-        log.info("switched the home from model version %d to %d (generation %d)", current.id, vid, generation)
-        return report
+    log.info("switched the home from model version %d to %d (generation %d)", was, vid, generation)
+    return replace(
+        report,
+        changed=True,
+        embedded=bulk + caught_up,
+        caught_up=caught_up,
+        dropped=tuple(unusable.values()),
+        generation=generation,
+        seconds=round(time.perf_counter() - started, 2),
+    )
 
 
-def rollback(idx, **kwargs) -> dict:
+def rollback(idx: SiameseIndex, **kwargs: Any) -> ActivationReport:
     """Serve the active version's parent again (its vectors were kept: only photos enrolled since
     the switch are embedded). Same keywords and result as activate()."""
     with idx.db.read() as conn:
@@ -458,10 +557,9 @@ def rollback(idx, **kwargs) -> dict:
     return activate(idx, int(active.parent), **kwargs)
 
 
-def reembed(idx, model_dir, **kwargs) -> dict:
+def reembed(idx: SiameseIndex, model_dir: str | Path, **kwargs: Any) -> ActivationReport:
     """Move the home to the tower in `model_dir`: register it as a version (parent: the active
-    one; its directory copied into the home) and activate it. Same keywords as activate()."""
+    one; its directory copied into the home) and activate it. Same keywords as activate();
+    the report's `registered` says whether the directory became a new version."""
     vid, created = register_model_dir(idx, model_dir)
-    report = activate(idx, vid, **kwargs)
-    report["registered"] = created
-    return report
+    return replace(activate(idx, vid, **kwargs), registered=created)
