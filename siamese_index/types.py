@@ -1,38 +1,34 @@
 """Frozen result types returned by the library (and serialised by the CLI and service).
 
-Each has `to_dict()`; JSON is made from them by siamese_index.jsonable.to_jsonable. The results of
-the index's maintenance and people operations also answer `result["key"]` (and `**result`), the
-dict they were before, for callers not yet moved to attributes.
+Each has `to_dict()`; JSON is made from them in one place, siamese_index.jsonable.to_jsonable, which
+also honours the field options below (a JSON key that differs from the attribute, a part left out
+when absent), so the CLI, the service and reports print a result the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from siamese_index.jsonable import to_jsonable
 
 
-class _DictView(Mapping[str, Any]):
-    """Read-only dict-style access to a result dataclass's to_dict() (`r["ok"]`, `**r`, and
-    validation as a dict by pydantic), for callers written against the dict results."""
+class Result:
+    """Base of every result type: `to_dict()` is its JSON-ready form, made by to_jsonable."""
 
-    def to_dict(self) -> dict:
-        from siamese_index.jsonable import to_jsonable
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = to_jsonable(self)
+        return out
 
-        return to_jsonable(self)
 
-    def __getitem__(self, key: str) -> Any:
-        return self.to_dict()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.to_dict())
-
-    def __len__(self) -> int:
-        return len(self.to_dict())
+def omitted_if_none(**kwargs: Any) -> Any:
+    """An optional part left out of the JSON when absent (None). (A field printed under another
+    key is `field(metadata={"json": "key"})`: `from` is a Python keyword, say.)"""
+    return field(default=None, metadata={"omit_none": True}, **kwargs)
 
 
 @dataclass(frozen=True)
-class Match:
+class Match(Result):
     """One enrolled identity and its L2 distance to a query (nearest of its images)."""
 
     id: str
@@ -41,7 +37,7 @@ class Match:
 
 
 @dataclass(frozen=True)
-class Identification:
+class Identification(Result):
     """The answer for one query image: the best match if it is known, and the candidates."""
 
     query: str
@@ -53,12 +49,9 @@ class Identification:
     # Set when the query could not be used (unreadable image): known False, no candidates.
     error: str | None = None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class Verification:
+class Verification(Result):
     """Whether two images show the same identity: distance < threshold."""
 
     image_a: str
@@ -68,12 +61,9 @@ class Verification:
     same: bool
     warnings: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class EnrollResult:
+class EnrollResult(Result):
     """What one enrolled file became: added, already present, or refused with a reason."""
 
     path: str
@@ -83,24 +73,18 @@ class EnrollResult:
     warnings: tuple[str, ...] = ()
     identity: str | None = None  # the external id the file was enrolled under
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class Person:
+class Person(Result):
     id: str
     name: str | None
     meta: dict = field(default_factory=dict)
     images: int = 0
     created: str | None = None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class EnrollSummary:
+class EnrollSummary(Result):
     """How many files of one enrollment were added, were already enrolled, or failed."""
 
     added: int = 0
@@ -113,12 +97,9 @@ class EnrollSummary:
         statuses = [r.status for r in results]
         return cls(statuses.count("added"), statuses.count("exists"), statuses.count("failed"))
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class OperatingPoint:
+class OperatingPoint(Result):
     """The threshold used to call a query known, and how it was obtained (for users to read)."""
 
     threshold: float | None
@@ -127,13 +108,10 @@ class OperatingPoint:
     target_far: float
     margin: float = 0.0
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 # -- people --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class ImageRecord(_DictView):
+class ImageRecord(Result):
     """One enrolled photo: its image number (the FAISS id), source, content hash, size, copy."""
 
     image_id: int
@@ -147,7 +125,7 @@ class ImageRecord(_DictView):
 
 
 @dataclass(frozen=True)
-class PersonDetails(_DictView):
+class PersonDetails(Result):
     """One identity in full (SiameseIndex.person): id, name, meta, times and its photos."""
 
     id: str
@@ -159,7 +137,7 @@ class PersonDetails(_DictView):
 
 
 @dataclass(frozen=True)
-class Removed(_DictView):
+class Removed(Result):
     """SiameseIndex.remove: the identity, how many photos it had, stored copies deleted."""
 
     id: str
@@ -168,7 +146,7 @@ class Removed(_DictView):
 
 
 @dataclass(frozen=True)
-class RemovedImage(_DictView):
+class RemovedImage(Result):
     """SiameseIndex.remove_image: which photo went and how many the identity has left."""
 
     id: str
@@ -179,7 +157,7 @@ class RemovedImage(_DictView):
 
 
 @dataclass(frozen=True)
-class Merged(_DictView):
+class Merged(Result):
     """SiameseIndex.merge: `id` moved into `into`; photos moved, duplicates dropped."""
 
     id: str
@@ -190,7 +168,7 @@ class Merged(_DictView):
 
 # -- maintenance ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class ModelStatus(_DictView):
+class ModelStatus(Result):
     """The served model version (status()["model"])."""
 
     version: int
@@ -202,7 +180,7 @@ class ModelStatus(_DictView):
 
 
 @dataclass(frozen=True)
-class Counts(_DictView):
+class Counts(Result):
     """What the home holds (status()["counts"])."""
 
     identities: int
@@ -213,7 +191,7 @@ class Counts(_DictView):
 
 
 @dataclass(frozen=True)
-class IndexState(_DictView):
+class IndexState(Result):
     """The FAISS cache (status()["index"]): its file's stamp, vectors loaded and expected."""
 
     path: str
@@ -225,7 +203,7 @@ class IndexState(_DictView):
 
 
 @dataclass(frozen=True)
-class Consistency(_DictView):
+class Consistency(Result):
     """status()'s quick consistency check."""
 
     ok: bool
@@ -233,7 +211,7 @@ class Consistency(_DictView):
 
 
 @dataclass(frozen=True)
-class Status(_DictView):
+class Status(Result):
     """SiameseIndex.status: home, schema, model, counts, FAISS cache, operating point, consistency."""
 
     home: str
@@ -249,7 +227,7 @@ class Status(_DictView):
 
 
 @dataclass(frozen=True)
-class Problem(_DictView):
+class Problem(Result):
     """One finding of check(). kind: database, index_file, index_memory, bad_embedding,
     missing_embedding, missing_file, corrupt_file or orphan_file."""
 
@@ -258,7 +236,7 @@ class Problem(_DictView):
 
 
 @dataclass(frozen=True)
-class Checked(_DictView):
+class Checked(Result):
     """How much check() looked at."""
 
     images: int
@@ -267,7 +245,7 @@ class Checked(_DictView):
 
 
 @dataclass(frozen=True)
-class CheckReport(_DictView):
+class CheckReport(Result):
     """SiameseIndex.check: ok when nothing was wrong; what was found, repaired, left for a person."""
 
     ok: bool
@@ -278,7 +256,7 @@ class CheckReport(_DictView):
 
 
 @dataclass(frozen=True)
-class BackupResult(_DictView):
+class BackupResult(Result):
     """SiameseIndex.backup: where the copy went and what it holds."""
 
     path: str
@@ -293,38 +271,9 @@ class BackupResult(_DictView):
 # Their dicts keep the keys the CLI has always printed: a few differ from the attribute names
 # (`from` is a Python keyword: from_version), and optional parts a report does not always carry
 # (a message, a reason, the held-out scores) are left out when absent.
-def _plain(value: Any) -> Any:
-    """Nested results by their own to_dict() (so that their key names apply), sequences item by item."""
-    if hasattr(value, "to_dict") and callable(value.to_dict):
-        return value.to_dict()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-@dataclass(frozen=True)
-class _Result(_DictView):
-    """A _DictView whose to_dict() renames some keys and leaves optional parts out when None."""
-
-    _KEYS: ClassVar[dict[str, str]] = {}  # attribute -> JSON key, where they differ
-    _OPTIONAL: ClassVar[frozenset[str]] = frozenset()  # attributes left out of the dict when None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None and f.name in self._OPTIONAL:
-                continue
-            out[self._KEYS.get(f.name, f.name)] = _plain(value)
-        from siamese_index.jsonable import to_jsonable
-
-        result: dict[str, Any] = to_jsonable(out)
-        return result
-
-
 # -- model versions ----------------------------------------------------------------------------
 @dataclass(frozen=True)
-class HeldOutSummary(_Result):
+class HeldOutSummary(Result):
     """What the retrain that made a version measured on held-out pairs (its verdict)."""
 
     judged: bool | None
@@ -334,11 +283,9 @@ class HeldOutSummary(_Result):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ModelVersion(_Result):
+class ModelVersion(Result):
     """One model version of a home (list_versions). state: active, kept (served before and
     still has its vectors) or candidate (never served)."""
-
-    _OPTIONAL = frozenset({"held_out"})
 
     version: int
     model_id: str
@@ -352,7 +299,7 @@ class ModelVersion(_Result):
     embeddings: int
     model_dir: str | None
     source: str | None
-    held_out: HeldOutSummary | None = None
+    held_out: HeldOutSummary | None = omitted_if_none()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -368,29 +315,24 @@ class VersionDetails(ModelVersion):
 
 # -- activation ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class DroppedImage(_Result):
+class DroppedImage(Result):
     """An enrolled image removed by an activation with drop_unstored (its person stays)."""
 
-    _KEYS = {"identity": "id"}
-
     image_id: int
-    identity: str
+    identity: str = field(metadata={"json": "id"})
     source_name: str | None
     reason: str
 
 
 @dataclass(frozen=True, kw_only=True)
-class ActivationReport(_Result):
+class ActivationReport(Result):
     """What activate / rollback / reembed did. reused: vectors the target already had;
     embedded: all it embedded; caught_up: of those, embedded under the writer lock just before
     the switch; generation: the FAISS index generation after the switch (None: no switch)."""
 
-    _KEYS = {"from_version": "from", "to_version": "to"}
-    _OPTIONAL = frozenset({"message", "registered"})
-
     changed: bool
-    from_version: int
-    to_version: int
+    from_version: int = field(metadata={"json": "from"})
+    to_version: int = field(metadata={"json": "to"})
     model_id: str
     images: int
     reused: int
@@ -399,13 +341,13 @@ class ActivationReport(_Result):
     dropped: tuple[DroppedImage, ...] = ()
     generation: int | None = None
     seconds: float = 0.0
-    message: str | None = None  # why nothing changed
-    registered: bool | None = None  # reembed: whether the model directory became a new version
+    message: str | None = omitted_if_none()  # why nothing changed
+    registered: bool | None = omitted_if_none()  # reembed: whether the model directory became a new version
 
 
 # -- retrain ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class ModelScores(_Result):
+class ModelScores(Result):
     """One tower measured on the held-out pairs. accuracy: at its own threshold; accuracy_2fold:
     threshold chosen on one half of the held-out identities, measured on the other."""
 
@@ -418,11 +360,9 @@ class ModelScores(_Result):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Comparison(_Result):
+class Comparison(Result):
     """Old against new on the held-out pairs (also kept in the version's scores["comparison"]).
     Unjudged (too few held-out pairs): `reason` says so and the scores are absent."""
-
-    _OPTIONAL = frozenset({"reason", "old", "new", "worse", "old_auc", "new_auc", "note"})
 
     judged: bool
     held_out_pairs: int
@@ -430,18 +370,18 @@ class Comparison(_Result):
     held_out_impostor: int
     held_out_identities: int
     min_held_out_each: int
-    reason: str | None = None
-    old: ModelScores | None = None
-    new: ModelScores | None = None
-    worse: tuple[str, ...] | None = None  # why the new tower is worse; () when it is not
-    old_auc: float | None = None
-    new_auc: float | None = None
-    note: str | None = None
+    reason: str | None = omitted_if_none()
+    old: ModelScores | None = omitted_if_none()
+    new: ModelScores | None = omitted_if_none()
+    worse: tuple[str, ...] | None = omitted_if_none()  # why the new tower is worse; () when it is not
+    old_auc: float | None = omitted_if_none()
+    new_auc: float | None = omitted_if_none()
+    note: str | None = omitted_if_none()
     verdict: str = ""
 
 
 @dataclass(frozen=True)
-class PairCounts(_Result):
+class PairCounts(Result):
     """The pairs a retrain used: by origin, in total, and how they were split."""
 
     csv: int
@@ -456,17 +396,15 @@ class PairCounts(_Result):
 
 
 @dataclass(frozen=True)
-class ParentVersion(_Result):
+class ParentVersion(Result):
     version: int
     model_id: str
 
 
 @dataclass(frozen=True, kw_only=True)
-class RetrainReport(_Result):
+class RetrainReport(Result):
     """What a retrain did: the version it recorded, the pairs, old against new, the decision and
     why, and the activation (None when not activated; activation_error when it failed)."""
-
-    _OPTIONAL = frozenset({"activation_error"})
 
     version: int
     model_id: str
@@ -481,13 +419,13 @@ class RetrainReport(_Result):
     activated: bool
     activation: ActivationReport | None
     warnings: tuple[str, ...]
-    activation_error: str | None = None
+    activation_error: str | None = omitted_if_none()
     seconds: float = 0.0
 
 
 # -- feedback and thresholds ----------------------------------------------------------------------
 @dataclass(frozen=True)
-class FeedbackRecorded(_Result):
+class FeedbackRecorded(Result):
     """A recorded correction. distance: from the query to the person's nearest photo under the
     serving version; model_agreed: whether its pair threshold already gave this answer."""
 
@@ -504,7 +442,7 @@ class FeedbackRecorded(_Result):
 
 
 @dataclass(frozen=True)
-class FeedbackEntry(_Result):
+class FeedbackEntry(Result):
     """One recorded correction as list_feedback shows it (without the photo)."""
 
     feedback_id: int
@@ -518,7 +456,7 @@ class FeedbackEntry(_Result):
 
 
 @dataclass(frozen=True)
-class ThresholdChange(_Result):
+class ThresholdChange(Result):
     """set_calibration: a version's pair threshold, before and after, and where it came from."""
 
     version: int

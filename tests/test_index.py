@@ -128,22 +128,22 @@ def test_verify(index, make_image, tmp_path):
 def test_enroll_twice_is_a_noop(index, make_image):
     files = [make_image(1, 0), make_image(1, 1)]
     index.enroll("P1", files)
-    counter = index.status()["change_counter"]
+    counter = index.status().change_counter
     again = index.enroll("P1", files + [files[0]])
     assert [r.status for r in again] == ["exists", "exists", "exists"]
     assert again[0].image_id is not None and again[2].image_id == again[0].image_id
-    assert index.status()["change_counter"] == counter  # nothing written
+    assert index.status().change_counter == counter  # nothing written
     assert _db_rows(index.home) == {"identities": 1, "images": 2, "embeddings": 2}
     more = index.enroll("P1", [make_image(1, 2)], name="Renamed", meta={"dept": "R&D"})
     assert more[0].status == "added" and more[0].identity == "P1"
-    assert index.person("P1")["name"] == "Renamed" and len(index.person("P1")["images"]) == 3
+    assert index.person("P1").name == "Renamed" and len(index.person("P1").images) == 3
     index.enroll("P1", [files[0]], meta={"floor": 3, "dept": None})  # meta merges; None deletes
-    assert index.person("P1")["meta"] == {"floor": 3}
+    assert index.person("P1").meta == {"floor": 3}
 
 
 def test_bad_input_leaves_the_database_unchanged(index, make_image, tmp_path):
     index.enroll("P1", [make_image(1, 0)])
-    rows, counter = _db_rows(index.home), index.status()["change_counter"]
+    rows, counter = _db_rows(index.home), index.status().change_counter
     files_before = sorted((index.home / "images").rglob("*"))
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff garbage")
@@ -161,13 +161,13 @@ def test_bad_input_leaves_the_database_unchanged(index, make_image, tmp_path):
     with pytest.raises(InvalidData):
         index.enroll("P3", [])
     res = index.enroll("P1", [bad], name="Not applied", meta={"x": 1})  # every file fails: no update either
-    assert res[0].status == "failed" and index.person("P1")["name"] is None
-    assert _db_rows(index.home) == rows and index.status()["change_counter"] == counter
+    assert res[0].status == "failed" and index.person("P1").name is None
+    assert _db_rows(index.home) == rows and index.status().change_counter == counter
     assert sorted((index.home / "images").rglob("*")) == files_before
     # a mix: the good photo is enrolled, the bad one reported
     res = index.enroll("P2", [make_image(2, 0), bad])
     assert [r.status for r in res] == ["added", "failed"]
-    assert index.check()["ok"]
+    assert index.check().ok
 
 
 def test_duplicate_identity_warning(index, make_image):
@@ -203,8 +203,8 @@ def test_persistence_across_reopen(home, make_image):
     emb = FakeEmbedder()
     with SiameseIndex.open(home, embedder=emb, create=False) as idx:
         st = idx.status()
-        assert st["index"]["last_sync"]["source"] == "file"  # loaded, not rebuilt
-        assert st["counts"]["identities"] == 4 and st["consistency"]["ok"]
+        assert st.index.last_sync["source"] == "file"  # loaded, not rebuilt
+        assert st.counts.identities == 4 and st.consistency.ok
         assert idx.identify([make_image(2, 7)])[0] == before
         assert emb.embedded == 1  # nothing re-embedded on open
 
@@ -226,13 +226,13 @@ def test_damaged_faiss_file_is_rebuilt(home, make_image, damage):
     else:
         stamp_path(path).unlink()
     with SiameseIndex.open(home, embedder=FakeEmbedder()) as idx:
-        sync = idx.status()["index"]["last_sync"]
+        sync = idx.status().index.last_sync
         assert sync["source"] == "rebuilt" and sync["reason"]
         assert idx.identify([make_image(2, 5)])[0].match.id == "P2"
-        assert idx.check()["ok"]
+        assert idx.check().ok
     assert VectorIndex.load(path, 16)[0].ntotal == 4  # the rebuilt index was saved
     with SiameseIndex.open(home, embedder=FakeEmbedder()) as idx:
-        assert idx.status()["index"]["last_sync"]["source"] == "file"
+        assert idx.status().index.last_sync["source"] == "file"
 
 
 def test_model_mismatch_is_refused(home, make_image):
@@ -262,8 +262,8 @@ def test_remove_leaves_nothing(index, make_image):
     _enroll_people(index, make_image, [1, 2])
     index.enroll("ZQX-SECRET-77", [make_image(3, 0), make_image(3, 1)], name="Unforgettable Name")
     secret = index.person("ZQX-SECRET-77")
-    files = [index.home / i["stored_path"] for i in secret["images"]]
-    ids = [i["image_id"] for i in secret["images"]]
+    files = [index.home / i.stored_path for i in secret.images]
+    ids = [i.image_id for i in secret.images]
     assert all(f.is_file() for f in files)
     out = index.remove("ZQX-SECRET-77")
     assert out == Removed(id="ZQX-SECRET-77", images=2, files_deleted=2)
@@ -277,23 +277,23 @@ def test_remove_leaves_nothing(index, make_image):
     for f in index.home.glob("index.db*"):  # secure_delete + checkpoint: no trace in the files
         data = f.read_bytes()
         assert b"ZQX-SECRET-77" not in data and b"Unforgettable" not in data, f
-    assert index.check()["ok"]
+    assert index.check().ok
 
 
 def test_remove_image(index, make_image):
     files = [make_image(1, v) for v in range(4)]
     res = index.enroll("P1", files)
-    info = index.person("P1")["images"]
+    info = index.person("P1").images
     out = index.remove_image("P1", res[0].image_id)
-    assert out["image_id"] == res[0].image_id and out["remaining_images"] == 3 and out["files_deleted"] == 1
-    assert index.remove_image("P1", files[1].name)["image_id"] == res[1].image_id
-    assert index.remove_image("P1", info[2]["sha256"][:8])["image_id"] == res[2].image_id
+    assert out.image_id == res[0].image_id and out.remaining_images == 3 and out.files_deleted == 1
+    assert index.remove_image("P1", files[1].name).image_id == res[1].image_id
+    assert index.remove_image("P1", info[2].sha256[:8]).image_id == res[2].image_id
     with pytest.raises(NotFound):
         index.remove_image("P1", "no-such-photo.png")
     with pytest.raises(NotFound):
         index.remove_image("P404", 1)
-    assert [i["image_id"] for i in index.person("P1")["images"]] == [res[3].image_id]
-    assert index.check()["ok"]
+    assert [i.image_id for i in index.person("P1").images] == [res[3].image_id]
+    assert index.check().ok
 
 
 def test_merge(index, make_image):
@@ -303,15 +303,15 @@ def test_merge(index, make_image):
     out = index.merge("B", "A")
     assert out == Merged(id="B", into="A", moved=1, duplicates_dropped=1)
     a = index.person("A")
-    assert len(a["images"]) == 3 and a["name"] == "Ada" and a["meta"] == {"dept": "R&D", "badge": 7}
+    assert len(a.images) == 3 and a.name == "Ada" and a.meta == {"dept": "R&D", "badge": 7}
     assert [p.id for p in index.people()] == ["A"]
-    assert (index.home / a["images"][0]["stored_path"]).is_file()  # the shared copy stays
+    assert (index.home / a.images[0].stored_path).is_file()  # the shared copy stays
     assert index.identify([make_image(1, 2)])[0].match.id == "A"
     with pytest.raises(NotFound):
         index.merge("B", "A")
     index.rename("A", "Ada Lovelace")
     assert index.people()[0].name == "Ada Lovelace"
-    assert index.check()["ok"]
+    assert index.check().ok
 
 
 # -- readers in other instances ------------------------------------------------------------------
@@ -354,7 +354,7 @@ def test_a_long_lived_reader_applies_other_writers_changes_incrementally(index, 
 def test_status(index, make_image):
     _enroll_people(index, make_image, range(3))
     st = index.status()
-    assert st["model"]["model_id"] == "fake-1" and st["model"]["dim"] == 16
+    assert st.model.model_id == "fake-1" and st.model.dim == 16
     assert st.counts.to_dict() == {
         "identities": 3,
         "identities_with_images": 3,
@@ -362,29 +362,29 @@ def test_status(index, make_image):
         "embeddings": 6,
         "stored_images": 6,
     }
-    assert st["index"]["stamp"]["count"] == 6 and st.consistency == Consistency(ok=True, problems=())
-    op = st["operating_point"]
-    assert op["gallery_size"] == 3 and op["threshold"] == 0.5 and "no impostor table" in op["method"]
+    assert st.index.stamp["count"] == 6 and st.consistency == Consistency(ok=True, problems=())
+    op = st.operating_point
+    assert op.gallery_size == 3 and op.threshold == 0.5 and "no impostor table" in op.method
 
 
 def test_check_and_repair(index, make_image):
     _enroll_people(index, make_image, range(3))
-    info = index.person("P1")["images"]
-    (index.home / info[0]["stored_path"]).unlink()  # a lost copy
+    info = index.person("P1").images
+    (index.home / info[0].stored_path).unlink()  # a lost copy
     orphan = index.home / "images" / "ff" / ("f" * 64 + ".png")  # a crash between copy and commit
     orphan.parent.mkdir(parents=True, exist_ok=True)
     orphan.write_bytes(b"x")
     (index.home / "index.faiss").write_bytes(b"junk")
     report = index.check()
-    kinds = {p["kind"] for p in report["problems"]}
-    assert not report["ok"] and kinds == {"missing_file", "orphan_file", "index_file"}
-    assert report["repaired"] == [] and report["unrepaired"]
+    kinds = {p.kind for p in report.problems}
+    assert not report.ok and kinds == {"missing_file", "orphan_file", "index_file"}
+    assert report.repaired == () and report.unrepaired
     assert orphan.exists()  # check alone changes nothing
     fixed = index.check(repair=True)
-    assert len(fixed["repaired"]) == 3 and fixed["unrepaired"] == []
-    assert not orphan.exists() and index.person("P1")["images"][0]["stored_path"] is None
+    assert len(fixed.repaired) == 3 and fixed.unrepaired == ()
+    assert not orphan.exists() and index.person("P1").images[0].stored_path is None
     again = index.check()
-    assert again["ok"] and again["problems"] == []
+    assert again.ok and again.problems == ()
     assert index.identify([make_image(1, 4)])[0].match.id == "P1"
 
 
@@ -395,12 +395,12 @@ def test_backup(index, make_image, tmp_path, home):
         out = index.backup(tmp_path / "bk")
     finally:
         other.close()
-    assert out["identities"] == 3 and out["images"] == 6 and out["stored_images"] == 6
+    assert out.identities == 3 and out.images == 6 and out.stored_images == 6
     assert not list((tmp_path / "bk").glob("index.db-*"))  # one self-contained database file
     with SiameseIndex.open(tmp_path / "bk", embedder=FakeEmbedder(), create=False) as copy:
         assert [p.id for p in copy.people()] == ["P0", "P1", "P2"]
         assert copy.identify([make_image(2, 9)])[0].match.id == "P2"
-        assert copy.check()["ok"]
+        assert copy.check().ok
     with pytest.raises(InvalidData, match="not empty"):
         index.backup(tmp_path / "bk")
     with pytest.raises(InvalidData, match="inside"):
@@ -436,9 +436,9 @@ def test_concurrent_enrolls_from_two_processes(home, make_image):
     assert [j.exitcode for j in jobs] == [0, 0]
     with SiameseIndex.open(home, embedder=FakeEmbedder(), create=False) as idx:
         st = idx.status()
-        assert st["counts"]["identities"] == 8 and st["counts"]["images"] == 16
-        assert st["change_counter"] >= 9 and st["consistency"]["ok"]
-        assert idx.check()["ok"]
+        assert st.counts.identities == 8 and st.counts.images == 16
+        assert st.change_counter >= 9 and st.consistency.ok
+        assert idx.check().ok
         assert idx.identify([make_image(12, 5)])[0].match.id == "W1-2"
 
 
@@ -447,7 +447,7 @@ def test_failure_inside_the_write_leaves_nothing(index, make_image, monkeypatch)
     import siamese_index.index.enrollment as index_module  # where enrollment writes the embedding
 
     index.enroll("P1", [make_image(1, 0)])
-    rows, counter = _db_rows(index.home), index.status()["change_counter"]
+    rows, counter = _db_rows(index.home), index.status().change_counter
     files_before = sorted((index.home / "images").rglob("*"))
     calls = []
     real_blob = index_module.vector_blob
@@ -461,18 +461,18 @@ def test_failure_inside_the_write_leaves_nothing(index, make_image, monkeypatch)
     monkeypatch.setattr(index_module, "vector_blob", failing_blob)
     with pytest.raises(OSError, match="disk full"):
         index.enroll("P2", [make_image(2, 0), make_image(2, 1)], name="Never")
-    assert _db_rows(index.home) == rows and index.status()["change_counter"] == counter
+    assert _db_rows(index.home) == rows and index.status().change_counter == counter
     assert sorted((index.home / "images").rglob("*")) == files_before
     assert not (index.home / ".pending-copies").exists()
     monkeypatch.setattr(index_module, "vector_blob", real_blob)
-    assert index.check()["ok"]
+    assert index.check().ok
     assert [r.status for r in index.enroll("P2", [make_image(2, 0)])] == ["added"]
 
 
 def test_copies_of_an_interrupted_enrollment_are_removed_on_open(home, make_image):
     with SiameseIndex.open(home, embedder=FakeEmbedder()) as idx:
         _enroll_people(idx, make_image, [1])
-        kept = idx.person("P1")["images"][0]["stored_path"]
+        kept = idx.person("P1").images[0].stored_path
     # what a crash between writing a copy and committing leaves behind
     lost = "images/ab/" + "ab" * 32 + ".png"
     (home / lost).parent.mkdir(parents=True, exist_ok=True)
@@ -481,17 +481,17 @@ def test_copies_of_an_interrupted_enrollment_are_removed_on_open(home, make_imag
     with SiameseIndex.open(home, embedder=FakeEmbedder()) as idx:
         assert not (home / lost).exists() and (home / kept).exists()
         assert not (home / ".pending-copies").exists()
-        assert idx.check()["ok"]
+        assert idx.check().ok
 
 
 def test_home_without_image_copies(home, make_image):
     with SiameseIndex.open(home, embedder=FakeEmbedder(), keep_images=False) as idx:
         idx.enroll("P1", [make_image(1, 0)])
-        assert idx.person("P1")["images"][0]["stored_path"] is None
+        assert idx.person("P1").images[0].stored_path is None
     with SiameseIndex.open(home, embedder=FakeEmbedder(), keep_images=True) as idx:
-        assert idx.keep_images is False and idx.status()["keep_images"] is False  # the home's setting
+        assert idx.keep_images is False and idx.status().keep_images is False  # the home's setting
         idx.enroll("P1", [make_image(1, 1)])
-        assert idx.check()["ok"]
+        assert idx.check().ok
     assert not list((home / "images").rglob("*.png")) if (home / "images").exists() else True
 
 
@@ -511,7 +511,7 @@ def test_operating_point_in_a_large_gallery(home, make_image):
         assert op.threshold == pytest.approx(min(0.9, emp, tab), abs=1e-5)
         [r] = idx.identify([make_image(7, 3)])
         assert r.known and r.match.id == "P7" and r.threshold == pytest.approx(op.threshold)
-        assert idx.status()["operating_point"]["threshold"] == pytest.approx(op.threshold)
+        assert idx.status().operating_point.threshold == pytest.approx(op.threshold)
 
 
 def test_verify_files_without_a_home(tmp_path, make_image):
@@ -536,7 +536,7 @@ def test_writers_wait_for_the_lock_but_readers_never_do(home, make_image):
                 idx.remove("P1")
             assert idx.identify([make_image(1, 3)])[0].match.id == "P1"
             with SiameseIndex.open(home, embedder=FakeEmbedder(), create=False) as reader:
-                assert [p.id for p in reader.people()] == ["P1"] and reader.status()["consistency"]["ok"]
+                assert [p.id for p in reader.people()] == ["P1"] and reader.status().consistency.ok
         finally:
             other_process.release()
         assert [p.id for p in idx.people()] == ["P1"]
@@ -576,7 +576,7 @@ def test_results_are_typed_and_serialise_with_the_old_keys(index, make_image):
     }  # fmt: skip
     st = index.status()
     assert isinstance(st, Status) and st.model.model_id == index.model_id and st.counts.images == 1
-    assert st["counts"]["images"] == 1 and {**st}["keep_images"] is True  # the dict view for old callers
+    assert st.counts.images == 1 and st.to_dict()["keep_images"] is True
     report = index.check()
     assert isinstance(report, CheckReport) and report.ok and report.checked.images == 1
 

@@ -315,4 +315,4 @@ def test_reports_keep_the_json_keys_the_cli_printed():
     d = switched.to_dict()
     assert "message" not in d and d["registered"] is True and d["from"] == 1 and d["to"] == 2
     assert d["dropped"] == [{"image_id": 7, "id": "E1", "source_name": "a.jpg", "reason": "no stored copy"}]
-    assert switched["to"] == 2 and switched.get("message") is None  # read-only dict access, as before
+    assert switched.to_version == 2 and switched.message is None

@@ -67,17 +67,14 @@ class PairSet:
 
 def _read_rows(path: Path) -> list[Any]:
     """The pairs file's rows; every structural error (column, label, path) of every line at once."""
-    from siamese_index.training.pairs import (
-        _read_csv,
-        read_pairs_file,
-    )  # _read_csv: read_pairs_csv on training's branch
+    from siamese_index.training.pairs import read_pairs_csv, read_pairs_file
 
     if not path.is_file():
         raise InvalidData(f"{path}: no such pairs file")
     with path.open(encoding="utf-8", errors="replace") as fh:
         first = fh.readline()
     # A comma means our CSV, even with a bad header (read_pairs_file would take it for LFW's format).
-    return _read_csv(path) if "," in first else read_pairs_file(path)
+    return read_pairs_csv(path) if "," in first else read_pairs_file(path)
 
 
 def add_csv_pairs(ps: PairSet, path: str | Path) -> None:

@@ -161,7 +161,8 @@ def fine_tune(
     two-input Siamese network. Returns the per-epoch history."""
     import keras
 
-    from siamese_index.towers.architectures import build_augmenter, build_siamese, contrastive_loss, with_augmentation
+    from siamese_index.towers.architectures import build_augmenter, build_siamese, with_augmentation
+    from siamese_index.towers.losses import contrastive_loss
 
     keras.utils.set_random_seed(seed)
     keys = sorted({p.a for p in pairs} | {p.b for p in pairs})

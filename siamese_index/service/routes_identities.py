@@ -18,7 +18,7 @@ from siamese_index.service.batcher import set_faiss_threads
 from siamese_index.service.deps import live
 from siamese_index.service.handlers import error_response
 from siamese_index.service.keys import KeyInfo
-from siamese_index.service.schemas import EnrollOut, PeopleOut, PersonOut, RemoveOut, RenameIn
+from siamese_index.service.schemas import EnrollOut, PeopleOut, PersonDetailsOut, PersonOut, RemoveOut, RenameIn
 from siamese_index.service.state import Live
 from siamese_index.service.uploads import parse_meta, read_uploads
 from siamese_index.types import EnrollSummary
@@ -39,7 +39,7 @@ def list_identities(
     return {"total": len(everyone), "offset": offset, "limit": limit, "identities": to_jsonable(page)}
 
 
-@router.get("/v1/identities/{person_id}", openapi_extra=READ, summary="One identity")
+@router.get("/v1/identities/{person_id}", response_model=PersonDetailsOut, openapi_extra=READ, summary="One identity")
 def get_identity(request: Request, person_id: str, _key: KeyInfo = Depends(read_key)) -> Any:
     """id, name, meta, created, updated and its images."""
     return to_jsonable(live(request).index.person(person_id))

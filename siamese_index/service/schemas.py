@@ -8,11 +8,17 @@ the schema and the JSON without a second edit. Only the envelopes the service ad
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, Field
 
-from siamese_index.types import EnrollResult, EnrollSummary, Identification, Person, Verification
+from siamese_index.types import (
+    EnrollResult,
+    EnrollSummary,
+    Identification,
+    Person,
+    PersonDetails,
+    Removed,
+    Verification,
+)
 
 
 class BatchOut(BaseModel):
@@ -34,17 +40,9 @@ class EnrollOut(BaseModel):
     """POST /v1/identities and /v1/identities/{id}/images: the identity as it now is, what each
     image became, and the counts."""
 
-    identity: dict[str, Any] = Field(description="the identity as GET /v1/identities/{id} shows it")
+    identity: PersonDetails = Field(description="the identity as GET /v1/identities/{id} shows it")
     results: list[EnrollResult]
     summary: EnrollSummary
-
-
-class RemoveOut(BaseModel):
-    """DELETE /v1/identities/{id}: what was deleted."""
-
-    id: str
-    images: int
-    files_deleted: int
 
 
 class RenameIn(BaseModel):
@@ -62,6 +60,8 @@ class HealthOut(BaseModel):
 IdentificationOut = Identification
 VerificationOut = Verification
 PersonOut = Person
+PersonDetailsOut = PersonDetails  # GET /v1/identities/{id}
+RemoveOut = Removed  # DELETE /v1/identities/{id}: what was deleted
 
 __all__ = [
     "BatchOut",
@@ -69,6 +69,7 @@ __all__ = [
     "HealthOut",
     "IdentificationOut",
     "PeopleOut",
+    "PersonDetailsOut",
     "PersonOut",
     "RemoveOut",
     "RenameIn",

@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 # Re-exported while lifecycle/retrain.py still imports it from here; it lives in losses.py.
-from siamese_index.towers.losses import contrastive_loss  # noqa: F401
 
 ARCHITECTURES = ("dense", "seed-conv", "seed-gap", "facenet-s")
 DEFAULT_ARCH = "facenet-s"

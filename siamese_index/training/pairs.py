@@ -152,7 +152,6 @@ def read_pairs_csv(path: Path) -> list[PairRow]:
 
 
 # The old private name, while lifecycle/retrain.py still imports it.
-_read_csv = read_pairs_csv
 
 
 def _read_lfw(path: Path, root: Path) -> list[PairRow]:
