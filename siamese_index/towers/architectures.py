@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-# Re-exported while lifecycle/retrain.py still imports it from here; it lives in losses.py.
-
 ARCHITECTURES = ("dense", "seed-conv", "seed-gap", "facenet-s")
 DEFAULT_ARCH = "facenet-s"
 # An ensemble's arch names its members and their sizes: "ensemble:facenet-s/128+facenet-s/128".
