@@ -152,6 +152,7 @@ def test_embed_prints_nothing_from_tensorflow(tmp_path):
     assert result.stderr == "", f"stderr should be empty, got:\n{result.stderr}"
 
 
+@pytest.mark.slow  # trains or starts TensorFlow in a subprocess: seconds; CI runs it
 def test_verbose_lets_tensorflow_speak(tmp_path):
     result = embed_in_a_subprocess(tmp_path, "--verbose")
     assert result.returncode == 0, result.stderr

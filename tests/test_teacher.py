@@ -104,6 +104,7 @@ def _distance_to_teacher(model_dir, x, targets):
     return float(np.mean(np.sum((emb - targets) ** 2, axis=1)))
 
 
+@pytest.mark.slow  # trains or starts TensorFlow in a subprocess: seconds; CI runs it
 def test_distillation_pulls_embeddings_towards_the_teacher(tmp_path):
     root = make_identity_folder(tmp_path / "ids", identities=12, per_identity=4)
     data = load_dataset(root, PREP)

@@ -152,6 +152,7 @@ def test_proxy_loss_and_init_from_a_parent(trained, tmp_path):
     assert KerasEmbedder(tmp_path / "child").embed_batch(data.x[:2]).shape == (2, 50)
 
 
+@pytest.mark.slow  # trains or starts TensorFlow in a subprocess: seconds; CI runs it
 def test_ema_keeps_the_averaged_weights(trained, tmp_path):
     root, data, out, _, _ = trained
 
@@ -210,6 +211,7 @@ def test_proxy_loss_needs_batch_mode(trained, tmp_path):
         )
 
 
+@pytest.mark.slow  # trains or starts TensorFlow in a subprocess: seconds; CI runs it
 def test_init_accepts_a_parent_with_thousands_of_validation_people(tmp_path):
     # Every validation name is recorded: a parent with more than a few thousand of them is
     # still recognised as having held out this run's validation people (same seed and split).

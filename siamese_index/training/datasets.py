@@ -143,11 +143,13 @@ def _load_folder(
     return Dataset(np.stack(xs), np.asarray(labels, dtype=np.int64), names, groups, paths, skipped)
 
 
-def read_npz(path: Path, required: tuple[str, ...], what: str = ".npz") -> Any:
-    """Open an .npz holding the required arrays; anything else is one InvalidData naming the file."""
+def read_npz(path: Path, required: tuple[str, ...], what: str = ".npz") -> dict[str, np.ndarray]:
+    """The arrays of an .npz holding the required ones (read, file closed); anything else is one
+    InvalidData naming the file."""
     try:
-        data = np.load(path, allow_pickle=False)
-    except Exception as e:  # zip errors, bad headers: one clear message
+        with np.load(path, allow_pickle=False) as npz:
+            data = {key: npz[key] for key in npz.files}
+    except Exception as e:  # zip errors, bad headers, a plain .npy: one clear message
         raise InvalidData(f"{path}: not a readable {what} ({e})") from e
     for key in required:
         if key not in data:
