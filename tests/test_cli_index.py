@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
+from siamese_index.cli.main import cli
 from siamese_index.config import MODELS_DIR
-from siamese_index.imaging.synthetic import identity_image, make_identity_folder
+from siamese_index.imaging.synthetic import identity_image
+
+from .tiny_towers import tiny_towers
 
 STRANGERS = [2000, 2001, 2002, 2003]
 STATUS_KEYS = {
@@ -61,27 +63,9 @@ STAFF = separable_people()
 
 # -- module fixtures ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tower(tmp_path_factory) -> Path:
-    from siamese_index.imaging.loading import Preprocessing
-    from siamese_index.training.datasets import load_dataset
-    from siamese_index.training.trainer import TrainOptions, train
-
-    tmp = tmp_path_factory.mktemp("tower")
-    prep = Preprocessing(24, 24, 1)
-    root = make_identity_folder(tmp / "train", identities=30, per_identity=6)
-    options = TrainOptions(
-        arch="seed-conv",
-        epochs=8,
-        seed=0,
-        val_fraction=0.25,
-        identities_per_batch=12,
-        images_per_identity=4,
-        steps_per_epoch=10,
-        learning_rate=3e-3,
-        augmentation="none",
-    )
-    train(load_dataset(root, prep), tmp / "tower", options, prep)
-    return tmp / "tower"
+def tower() -> Path:
+    """The suite's shared tiny real tower (tests/tiny_towers.py), trained once per session."""
+    return tiny_towers()[0]
 
 
 @pytest.fixture(scope="module")

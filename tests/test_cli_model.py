@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
+from siamese_index.cli.main import cli
 from siamese_index.imaging.synthetic import make_identity_folder
 
 
@@ -136,7 +136,7 @@ def test_help_and_import_do_not_import_tensorflow():
     code = (
         "import sys, siamese_index, siamese_index.index.facade\n"
         "from click.testing import CliRunner\n"
-        "from cli.main import cli\n"
+        "from siamese_index.cli.main import cli\n"
         "r = CliRunner().invoke(cli, ['--help'])\n"
         "assert r.exit_code == 0, r.output\n"
         "for name in ['train', 'evaluate']:\n"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
+from siamese_index.cli.main import cli
 from siamese_index.imaging.synthetic import make_identity_folder
 from siamese_index.towers.architectures import ensemble_members
 from siamese_index.towers.embedder import KerasEmbedder

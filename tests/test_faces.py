@@ -98,7 +98,7 @@ def test_training_with_detect_faces_cuts_photos_as_lookup_does(tmp_path):
     import numpy as np
     from click.testing import CliRunner
 
-    from cli.main import cli
+    from siamese_index.cli.main import cli
     from siamese_index.imaging.loading import prepare
     from siamese_index.training.datasets import load_dataset
 

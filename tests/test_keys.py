@@ -11,7 +11,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
+from siamese_index.cli.main import cli
 from siamese_index.errors import InvalidData, NotFound
 from siamese_index.service.keys import KEY_PREFIX, KeyStore, hash_key
 from tests.conftest import FakeEmbedder
@@ -112,7 +112,7 @@ def test_keys_commands(home):
 
 def test_help_imports_neither_tensorflow_nor_the_web_framework():
     code = (
-        "import sys\nfrom click.testing import CliRunner\nfrom cli.main import cli\n"
+        "import sys\nfrom click.testing import CliRunner\nfrom siamese_index.cli.main import cli\n"
         "for args in (['--help'], ['serve', '--help'], ['keys', '--help'], ['keys', 'create', '--help']):\n"
         "    r = CliRunner().invoke(cli, args)\n    assert r.exit_code == 0, r.output\n"
         "bad = [m for m in ('tensorflow', 'keras', 'fastapi', 'starlette', 'uvicorn') if m in sys.modules]\n"

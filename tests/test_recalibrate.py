@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
+from siamese_index.cli.main import cli
 from siamese_index.imaging.synthetic import identity_image, make_identity_folder
 from siamese_index.towers.embedder import KerasEmbedder
 from siamese_index.training.datasets import load_dataset

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
+from siamese_index.cli.main import cli
 from siamese_index.imaging.synthetic import identity_image
 from tests.tiny_towers import tiny_towers
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
+from siamese_index.cli.main import cli
 from siamese_index.errors import InvalidData, InvalidImage
 from siamese_index.imaging.loading import Preprocessing, open_image
 from siamese_index.imaging.synthetic import make_face_folder, make_identity_folder

@@ -265,7 +265,7 @@ def test_leftovers_of_an_interrupted_retrain_are_removed_on_open(towers, tmp_pat
 
 def test_cli_help_does_not_import_tensorflow():
     code = (
-        "import sys\nfrom click.testing import CliRunner\nfrom cli.main import cli\n"
+        "import sys\nfrom click.testing import CliRunner\nfrom siamese_index.cli.main import cli\n"
         "for args in (['retrain', '--help'], ['models', 'list', '--help'], ['feedback', '--help'], "
         "['reembed', '--help']):\n"
         "    r = CliRunner().invoke(cli, args)\n    assert r.exit_code == 0, r.output\n"
